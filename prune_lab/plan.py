@@ -1,0 +1,369 @@
+"""`plan.json`: what to keep, validated against the model before anything changes.
+
+A plan lists the units to **keep**; everything else is removed. Containers expand: a stage, the mid stage or
+an attention block listed with none of its children keeps all of them; listed with some children it keeps only
+those (and listing a transformer layer keeps its attention block). Per-unit `actions` say how a removed unit goes:
+`interpolate` (the parameter-free channel-interpolation substitute, required where a lone resnet changes
+channels) or, for a skip whose consumer stays, `drop` (default: its input channels are pruned) or `zero`.
+
+:func:`resolve` checks a plan against a model's graph and turns it into a :class:`Resolution`: per stage, which
+resnet/attention slots survive, which skip every kept consumer receives (diffusers routes skips positionally,
+so removing the second R-A pair of a down stage shifts the up stage's pairing: that is how BK-SDM's students are
+wired), and whether channel counts still agree everywhere. Any disagreement is a `ValueError` that names the unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .graph import SKIP_PREFIX, UNetGraph, unknown_unit_message
+
+PLAN_FORMAT = "prune_lab.plan"
+PLAN_VERSION = 1
+ACTIONS = ("interpolate", "zero", "drop")
+
+
+def fingerprint(unet) -> str:
+    """A short hash of a U-Net's architecture config (class + structural keys; no paths, no versions)."""
+    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    blob = json.dumps({"class": type(unet).__name__, **config}, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    """A versioned, human-editable pruning plan.
+
+    Attributes:
+        keep: unit names to keep (graph-walker names).
+        base: the base architecture: `class`, `fingerprint`, and where it came from (`source`).
+        actions: per removed unit, `interpolate`, `zero` or `drop`.
+        meta: free-form provenance (preset name, criterion, budget ...).
+    """
+
+    keep: list[str]
+    base: dict
+    actions: dict[str, str] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "base": self.base, "keep": list(self.keep),
+                "actions": dict(self.actions), "meta": self.meta}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temp file + rename), so a failed write leaves nothing behind."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "plan") -> Plan:
+        if data.get("format") != PLAN_FORMAT:
+            raise ValueError(f"{where} is not a prune_lab plan (no \"format\": \"{PLAN_FORMAT}\")")
+        if data.get("version") != PLAN_VERSION:
+            raise ValueError(f"{where} has plan version {data.get('version')!r}; this prune_lab reads {PLAN_VERSION}")
+        keep = data.get("keep")
+        if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
+            raise ValueError(f"{where}: \"keep\" must be a list of unit names")
+        actions = data.get("actions") or {}
+        bad = {k: v for k, v in actions.items() if v not in ACTIONS}
+        if bad:
+            name, value = next(iter(bad.items()))
+            raise ValueError(f"{where}: action {value!r} for {name!r} is not one of {', '.join(ACTIONS)}")
+        return cls(keep=keep, base=data.get("base") or {}, actions=actions, meta=data.get("meta") or {})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"plan file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        return cls.from_dict(data, str(path))
+
+
+@dataclass
+class Slot:
+    """One resnet (+ attention) position of a stage, with its fate under a plan."""
+
+    resnet: str
+    attention: str | None
+    resnet_kept: bool
+    attention_kept: bool
+    layers: list[str] = field(default_factory=list)  # kept transformer layers of the attention
+    skip: str | None = None  # up stages: the skip unit feeding the resnet
+    skip_mode: str = "keep"  # keep | zero | drop
+    producer: str | None = None  # up stages: the producer it receives under the plan (positional routing)
+
+    @property
+    def gone(self) -> bool:
+        return not self.resnet_kept and not self.attention_kept
+
+
+@dataclass
+class StagePlan:
+    path: str
+    slots: list[Slot]
+    level_removed: bool = False
+
+    @property
+    def kept_slots(self) -> list[Slot]:
+        return [s for s in self.slots if not s.gone]
+
+
+@dataclass
+class Resolution:
+    """A plan checked against a graph: the structure of the compact network it describes."""
+
+    graph: UNetGraph
+    kept: set[str]
+    actions: dict[str, str]
+    down: list[StagePlan]
+    mid: StagePlan | None
+    up: list[StagePlan]
+    removed_levels: int = 0
+
+    @property
+    def removed(self) -> list[str]:
+        """Removed atoms (resnets, attention blocks, transformer layers, skips), in forward order."""
+        return [u.name for u in self.graph.atoms() if u.name not in self.kept]
+
+    def rewired(self) -> dict[str, tuple[str, str]]:
+        """Kept consumers whose skip now comes from another producer: consumer -> (teacher's, plan's)."""
+        out = {}
+        for stage in self.up:
+            for slot in stage.kept_slots:
+                if slot.skip_mode != "drop" and slot.producer:
+                    original = self.graph.edge_of(slot.resnet).producer
+                    if original != slot.producer:
+                        out[slot.resnet] = (original, slot.producer)
+        return out
+
+
+def expand_keep(graph: UNetGraph, keep: list[str]) -> set[str]:
+    """Apply the container rule (see module docstring) and return every kept unit name."""
+    for name in keep:
+        if name not in graph:
+            raise ValueError(unknown_unit_message(name, graph.names))
+    listed = set(keep)
+    kept: set[str] = set()
+
+    def visit(name: str) -> None:
+        kept.add(name)
+        children = graph[name].children
+        chosen = [c for c in children if c in listed or any(d in listed for d in graph.descendants(c))]
+        for child in chosen or children:
+            visit(child)
+
+    for name in keep:
+        visit(name)
+        unit = graph[name]
+        if unit.kind == "transformer_layer":
+            kept.add(unit.parent)
+    return kept
+
+
+def _slot(graph: UNetGraph, kept: set[str], stage: str, j: int, attn_exists: bool) -> Slot:
+    resnet = f"{stage}.resnets.{j}"
+    attention = f"{stage}.attentions.{j}" if attn_exists else None
+    layers = [n for n in graph[attention].children if n in kept] if attention else []
+    return Slot(resnet, attention, resnet in kept, attention in kept if attention else False, layers)
+
+
+def _stage_slots(graph: UNetGraph, kept: set[str], stage: str) -> list[Slot]:
+    resnets = [n for n in graph[stage].children if graph[n].kind == "resnet"]
+    attns = {n for n in graph[stage].children if graph[n].kind == "attention"}
+    return [_slot(graph, kept, stage, j, f"{stage}.attentions.{j}" in attns) for j in range(len(resnets))]
+
+
+def resolve(plan: Plan, graph: UNetGraph, model_fingerprint: str | None = None) -> Resolution:
+    """Validate `plan` against `graph` and describe the compact network (see the module docstring).
+
+    Raises:
+        ValueError: another architecture, unknown names, bad actions, unfed or mis-shaped consumers.
+    """
+    if model_fingerprint and plan.base.get("fingerprint") not in (None, model_fingerprint):
+        raise ValueError(
+            f"plan was made for architecture {plan.base.get('fingerprint')} ({plan.base.get('source', '?')}), "
+            f"this model is {model_fingerprint}; write a plan for it with `prunelab plan --model ...`"
+        )
+    kept = expand_keep(graph, plan.keep)
+    for name in plan.actions:
+        if name not in graph:
+            raise ValueError(unknown_unit_message(name, graph.names))
+    n = graph.num_levels
+    down = [StagePlan(f"down_blocks.{i}", _stage_slots(graph, kept, f"down_blocks.{i}")) for i in range(n)]
+    up = [StagePlan(f"up_blocks.{u}", _stage_slots(graph, kept, f"up_blocks.{u}")) for u in range(n)]
+    mid = _mid_plan(graph, kept) if "mid_block" in graph else None
+    res = Resolution(graph, kept, dict(plan.actions), down, mid, up)
+    _resolve_skips(res)
+    _mark_removed_levels(res)
+    _check_actions(res)
+    _check_flow(res)
+    return res
+
+
+def _mid_plan(graph: UNetGraph, kept: set[str]) -> StagePlan:
+    members = graph["mid_block"].children
+    slots = []
+    for name in members:
+        unit = graph[name]
+        if unit.kind == "resnet":
+            slots.append(Slot(name, None, name in kept, False))
+        else:
+            layers = [c for c in unit.children if c in kept]
+            slots.append(Slot(name, None, name in kept, False, layers))
+    return StagePlan("mid_block", slots)
+
+
+def _resolve_skips(res: Resolution) -> None:
+    for stage in res.up:
+        for slot in stage.slots:
+            slot.skip = SKIP_PREFIX + slot.resnet
+            if slot.skip in res.kept:
+                if slot.gone:
+                    raise ValueError(f"{slot.skip} is kept but its consumer {slot.resnet} (and its attention) is "
+                                     "removed; remove the skip too or keep the consumer")
+                continue
+            slot.skip_mode = "gone" if slot.gone else res.actions.get(slot.skip, "drop")
+            if slot.skip_mode not in ("zero", "drop", "gone"):
+                raise ValueError(f"action {slot.skip_mode!r} does not apply to {slot.skip}; use zero or drop")
+
+
+def _mark_removed_levels(res: Resolution) -> None:
+    """A level is removed when its down stage and its mirrored up stage lose every slot (innermost only)."""
+    n = res.graph.num_levels
+    empty = [not res.down[i].kept_slots and not res.up[n - 1 - i].kept_slots for i in range(n)]
+    count = 0
+    while count < n - 1 and empty[n - 1 - count]:
+        count += 1
+    for i in range(n - count):
+        if empty[i]:
+            raise ValueError(
+                f"down_blocks.{i} and up_blocks.{n - 1 - i} lose every block, but only the innermost resolution "
+                "levels can be removed whole; keep at least one block of one of them"
+            )
+    for i in range(n - count, n):
+        res.down[i].level_removed = res.up[n - 1 - i].level_removed = True
+    res.removed_levels = count
+
+
+def _check_actions(res: Resolution) -> None:
+    graph = res.graph
+    partial = {s.resnet for st in res.down + res.up + ([res.mid] if res.mid else []) for s in st.slots
+               if not s.resnet_kept and not s.gone}
+    if res.mid is not None:  # mid resnets are slots of their own; they are partial when anything else survives
+        partial |= {s.resnet for s in res.mid.slots if not s.resnet_kept and any(t.resnet_kept for t in res.mid.slots)}
+    for name, action in res.actions.items():
+        if action == "interpolate" and name in res.kept:
+            raise ValueError(f"action 'interpolate' is for removed units, but {name} is kept")
+        if action in ("zero", "drop") and graph[name].kind != "skip":
+            raise ValueError(f"action {action!r} is for skips, but {name} is a {graph[name].kind}")
+    for name in sorted(partial, key=lambda n: graph[n].order):
+        unit = graph[name]
+        if unit.removal == "interpolate" and res.actions.get(name) != "interpolate":
+            raise ValueError(
+                f"removing {name} changes channels ({unit.in_channels} -> {unit.out_channels}) while its slot "
+                f"stays; add \"{name}\": \"interpolate\" to the plan's actions or remove the whole slot"
+            )
+
+
+class _Flow:
+    """Channel bookkeeping through the compact network (down, mid, up), with positional skip routing."""
+
+    def __init__(self, res: Resolution) -> None:
+        self.res, self.graph = res, res.graph
+        self.stack: list[tuple[str, int, int]] = []
+        self.channels = res.graph.producers[0][2]  # conv_in output
+
+    def expect(self, name: str, channels: int) -> None:
+        if channels != self.channels:
+            raise ValueError(f"{name} expects {channels} input channels but would receive {self.channels} under "
+                             "this plan; keep the unit that feeds it or remove this one too")
+
+    def through(self, slot: Slot) -> None:
+        resnet = self.graph[slot.resnet]
+        if slot.resnet_kept:
+            self.expect(slot.resnet, resnet.in_channels)
+        self.channels = resnet.out_channels
+        if slot.attention and slot.attention_kept:
+            self.expect(slot.attention, self.graph[slot.attention].in_channels)
+
+    def down(self) -> None:
+        self.stack.append(self.graph.producers[0])
+        producers = {p[0]: p for p in self.graph.producers}
+        stages = self.res.down
+        for i, stage in enumerate(stages):
+            if stage.level_removed:
+                continue
+            level = self.graph[stage.path].level
+            for slot in stage.kept_slots:
+                self.through(slot)
+                name = slot.attention if slot.attention and slot.attention_kept else slot.resnet
+                self.stack.append((name, level, self.channels))
+            ds = f"{stage.path}.downsamplers.0"
+            if ds in producers and not (i + 1 < len(stages) and stages[i + 1].level_removed):
+                self.stack.append((ds, level + 1, self.channels))
+
+    def mid(self) -> None:
+        if self.res.mid is None:
+            return
+        for slot in self.res.mid.slots:
+            if slot.resnet_kept:
+                self.expect(slot.resnet, self.graph[slot.resnet].in_channels)
+                self.channels = self.graph[slot.resnet].out_channels
+
+    def up(self) -> None:
+        for stage in self.res.up:
+            if stage.level_removed:
+                continue
+            level = self.graph[stage.path].level
+            for slot in stage.kept_slots:
+                self.consume(slot, level)
+                self.channels = self.graph[slot.resnet].out_channels
+                if slot.attention and slot.attention_kept:
+                    self.expect(slot.attention, self.graph[slot.attention].in_channels)
+        if self.stack:
+            raise ValueError(f"the skip of {self.stack[-1][0]} has no consumer under this plan; remove one more "
+                             "down-side block at its level or keep one more up-side consumer")
+
+    def consume(self, slot: Slot, level: int) -> None:
+        if not self.stack:
+            raise ValueError(f"{slot.resnet} is left without a skip to consume (unfed); remove it or keep a "
+                             "producer at its level")
+        producer, plevel, channels = self.stack.pop()
+        teacher = self.graph.edge_of(slot.resnet)
+        if plevel != level:
+            raise ValueError(
+                f"{slot.resnet} would receive the skip of {producer} (level {plevel}) instead of a level-{level} "
+                f"skip: the number of kept blocks at level {level} differs between the down and up side (it took "
+                f"{teacher.producer}'s skip in the base model); remove one consumer per removed producer"
+            )
+        slot.producer = producer
+        if not slot.resnet_kept:
+            return
+        resnet = self.graph[slot.resnet]
+        if slot.skip_mode == "drop":
+            self.expect(slot.resnet, resnet.in_channels - teacher.channels)
+        elif channels != teacher.channels or self.channels + channels != resnet.in_channels:
+            raise ValueError(f"{slot.resnet} expects {resnet.in_channels} input channels (hidden + skip) but would "
+                             f"receive {self.channels} + {channels} from {producer} (mis-shaped consumer)")
+
+
+def _check_flow(res: Resolution) -> None:
+    flow = _Flow(res)
+    flow.down()
+    flow.mid()
+    flow.up()
