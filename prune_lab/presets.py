@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
 import torch.nn as nn
 
 from .graph import UNetGraph, walk
@@ -187,3 +189,14 @@ def create_plan(unet: nn.Module, preset: str, *, source: str, scores: Mapping[st
     keep = spec.build(graph, scores)
     meta = {"preset": preset, "layer_choice": "scores" if scores else "first"}
     return make_plan(unet, keep, source=source, meta=meta, graph=graph)
+
+
+def read_importance(path) -> dict[str, float]:
+    """`name -> importance` from a scores CSV (columns `name`, `importance`, as `prunelab score` writes)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"scores file {path} does not exist")
+    df = pd.read_csv(path)
+    missing = {"name", "importance"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; write it with `prunelab score`")
+    return dict(zip(df["name"], df["importance"].astype(float)))

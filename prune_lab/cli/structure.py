@@ -1,0 +1,122 @@
+"""Structure subcommands: `blocks`, `presets`, `plan --preset`, `apply`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from ..export import apply_plan, build_student
+from ..graph import walk
+from ..models import load_unet
+from ..plan import Plan
+from ..presets import create_plan, get_preset, list_presets, model_family, read_importance
+from .formatting import FORMATS, render
+
+BLOCK_COLUMNS = ["name", "label", "kind", "stage", "level", "in_channels", "out_channels", "params", "removal",
+                 "producer", "consumer"]
+
+
+def _model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="built-in (sd-v1, sd-v2-base, sd-v2, sdxl), pipeline or U-Net folder, or hub id")
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    graph = walk(load_unet(args.model, meta=True).unet)
+    df = pd.DataFrame(graph.to_records())
+    if args.kind:
+        df = df[df["kind"].isin(args.kind)]
+    if args.format != "json":
+        df = df[BLOCK_COLUMNS].fillna("")
+    print(render(df, args.format))
+    return 0
+
+
+def _params_m(n: int) -> float:
+    return round(n / 1e6, 2)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    loaded = load_unet(args.model, meta=True)
+    unet = loaded.unet
+    base = sum(p.numel() for p in unet.parameters())
+    rows = [{"preset": "(base)", "params": base, "params_M": _params_m(base), "params_pct": 100.0,
+             "expressible": True, "description": args.model}]
+    for name in list_presets(model_family(unet)):
+        student = build_student(unet, create_plan(unet, name, source=args.model))
+        n = sum(p.numel() for p in student.student.parameters())
+        rows.append({"preset": name, "params": n, "params_M": _params_m(n), "params_pct": round(100 * n / base, 1),
+                     "expressible": student.expressible, "description": get_preset(name).description})
+    print(render(pd.DataFrame(rows), args.format))
+    return 0
+
+
+def _plan_from_args(args: argparse.Namespace, unet) -> Plan:
+    scores = read_importance(args.scores) if args.scores else None
+    if getattr(args, "keep", None):
+        return Plan.load(args.keep)
+    if not args.preset:
+        raise ValueError("say what to keep: --keep plan.json or --preset NAME")
+    return create_plan(unet, args.preset, source=args.model, scores=scores)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    unet = load_unet(args.model, meta=True).unet
+    plan = _plan_from_args(args, unet)
+    compacted = build_student(unet, plan)  # validates the plan before anything is written
+    plan.meta["student_params"] = sum(p.numel() for p in compacted.student.parameters())
+    plan.meta["expressible"] = compacted.expressible
+    plan.save(args.out)
+    removed = compacted.resolution.removed
+    print(f"wrote {args.out}: {len(plan.keep)} units kept, {len(removed)} removed, "
+          f"U-Net params {_params_m(plan.meta['student_params'])}M "
+          f"({'plain diffusers config' if compacted.expressible else 'needs prune_lab.load_pruned'})")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    loaded = load_unet(args.model)
+    plan = _plan_from_args(args, loaded.unet)
+    result = apply_plan(loaded, plan, args.out, overwrite=args.overwrite)
+    what = "pipeline" if result.is_pipeline else "U-Net"
+    print(f"wrote {what} to {result.out_dir}: U-Net params {_params_m(result.teacher_params)}M -> "
+          f"{_params_m(result.student_params)}M ({100 * result.student_params / result.teacher_params:.1f}%)")
+    if result.expressible:
+        print(f"format: plain diffusers; load with UNet2DConditionModel.from_pretrained('{result.out_dir / 'unet'}')")
+    else:
+        print(f"format: compact weights + plan; load with prune_lab.load_pruned('{result.out_dir}')")
+    for consumer, (old, new) in result.rewired.items():
+        print(f"skip rewired: {consumer} now receives {new} (was {old})")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("blocks", help="list every prunable unit in forward order")
+    _model_arg(p)
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--kind", nargs="+", help="only these kinds (resnet attention transformer_layer skip mid stage)")
+    p.set_defaults(func=cmd_blocks)
+
+    p = subparsers.add_parser("presets", help="published architectures available for a model, with their sizes")
+    _model_arg(p)
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.set_defaults(func=cmd_presets)
+
+    p = subparsers.add_parser("plan", help="write a plan.json (from a preset)")
+    _model_arg(p)
+    p.add_argument("--preset", help=f"one of: {', '.join(list_presets())}")
+    p.add_argument("--scores", help="scores.csv (name, importance): which transformer layers SDXL presets keep")
+    p.add_argument("-o", "--out", required=True, type=Path, help="plan file to write")
+    p.set_defaults(func=cmd_plan)
+
+    p = subparsers.add_parser("apply", help="export the compact U-Net of a plan, initialised from the teacher")
+    _model_arg(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--keep", help="plan.json to apply")
+    src.add_argument("--preset", help=f"shortcut for a preset plan: {', '.join(list_presets())}")
+    p.add_argument("--scores", help="scores.csv for the SDXL presets' layer choice")
+    p.add_argument("--out", required=True, type=Path, help="output folder (DIR/unet, or a whole pipeline)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=cmd_apply)
