@@ -11,7 +11,9 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("prune_lab.cli.structure",)
+COMMANDS = (
+    "prune_lab.cli.structure",
+)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
 
 

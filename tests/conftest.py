@@ -1,0 +1,143 @@
+"""Shared tiny models: SD-v1 and SDXL topologies at toy width, and a complete tiny SD pipeline on disk.
+
+Everything is built here, seeded, offline. Full-size architectures appear only in tests marked `slow`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+#: SD-v1 topology (4 stages, 2 layers per block, cross-attention, mid stage) at toy width.
+TINY_SD = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(16, 32, 64, 64),
+    layers_per_block=2,
+    attention_head_dim=2,
+    cross_attention_dim=32,
+    norm_num_groups=8,
+)
+
+#: SDXL topology (3 stages, transformer depths 1/2/10, text_time added embeddings) at toy width.
+TINY_SDXL = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(16, 32, 64),
+    layers_per_block=2,
+    attention_head_dim=(2, 4, 8),
+    transformer_layers_per_block=(1, 2, 10),
+    cross_attention_dim=32,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=32 + 6 * 8,
+    norm_num_groups=8,
+)
+
+
+def tiny_unet(config: dict = TINY_SD, seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**config).eval()
+    # diffusers zero-initialises some tensors (biases, a few projections); give them small random values so
+    # that no unit is an identity by accident and weight-mapping mistakes change outputs.
+    with torch.no_grad():
+        for p in unet.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    return unet
+
+
+def unet_inputs(unet, batch: int = 2, seed: int = 0) -> dict:
+    """Deterministic inputs for `unet.forward` (SDXL's added conditions included)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = unet.config
+    size = cfg.sample_size
+    inputs = dict(
+        sample=torch.randn(batch, cfg.in_channels, size, size, generator=g),
+        timestep=torch.tensor([10, 500][:batch] + [999] * max(0, batch - 2)),
+    )
+    if hasattr(unet.config, "cross_attention_dim") and "Cross" in "".join(cfg.down_block_types):
+        inputs["encoder_hidden_states"] = torch.randn(batch, 7, cfg.cross_attention_dim, generator=g)
+    if cfg.get("addition_embed_type") == "text_time":
+        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, generator=g),
+            "time_ids": torch.randn(batch, 6, generator=g),
+        }
+    return inputs
+
+
+def run_unet(unet, inputs: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return unet(**inputs).sample
+
+
+@pytest.fixture
+def sd_unet():
+    return tiny_unet(TINY_SD)
+
+
+@pytest.fixture
+def sdxl_unet():
+    return tiny_unet(TINY_SDXL)
+
+
+def byte_tokenizer():
+    """A CLIP tokenizer over single characters (no merges), built offline."""
+    from transformers import CLIPTokenizer
+
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)] + [" "]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def build_tiny_pipeline(unet_config: dict = TINY_SD, seed: int = 0):
+    """A complete StableDiffusionPipeline with tiny random components."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = tiny_unet(unet_config, seed)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=8, sample_size=32)
+    tokenizer = byte_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=unet_config["cross_attention_dim"],
+                                                intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                                max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                                pad_token_id=1))
+    scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1)
+    return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipe") / "tiny-sd"
+    build_tiny_pipeline().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_unet_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("unet") / "tiny-unet"
+    tiny_unet(TINY_SD).save_pretrained(path)
+    return path
