@@ -46,18 +46,21 @@ def _tag_origins(model: nn.Module) -> None:
         setattr(module, _ORIGIN, name)
 
 
+_MAPPED_LISTS = ("resnets", "attentions", "transformer_blocks", "upsamplers", "downsamplers")
+
+
 def unit_map(student: nn.Module) -> dict[str, str]:
-    """Student module path -> teacher module path, for every resnet, attention block and transformer layer."""
+    """Student module path -> teacher module path for every resnet, attention block, transformer layer, sampler."""
     out = {}
     for name, module in student.named_modules():
+        parts = name.split(".")
         origin = getattr(module, _ORIGIN, None)
-        if origin is not None and name.split(".")[-2:-1] and name.split(".")[-2] in (
-                "resnets", "attentions", "transformer_blocks", "upsamplers", "downsamplers"):
+        if origin is not None and len(parts) >= 2 and parts[-2] in _MAPPED_LISTS:
             out[name] = origin
     return out
 
 
-def _kept_attention(block: nn.Module, j: int, slot: Slot, graph) -> nn.Module:
+def _kept_attention(block: nn.Module, j: int, slot: Slot) -> nn.Module:
     attn = block.attentions[j]
     if hasattr(attn, "transformer_blocks"):
         keep = [int(n.rsplit(".", 1)[1]) for n in slot.layers]
@@ -90,7 +93,7 @@ def _compact_stage(model: nn.Module, stage: StagePlan, graph) -> None:
         resnets.append(_compact_resnet(block, j, slot, graph))
         if slot.attention is not None:
             attn_unit = graph[slot.attention]
-            attentions.append(_kept_attention(block, j, slot, graph) if slot.attention_kept else substitute_for(
+            attentions.append(_kept_attention(block, j, slot) if slot.attention_kept else substitute_for(
                 block.attentions[j], attn_unit.in_channels, attn_unit.out_channels))
     block.resnets = nn.ModuleList(resnets)
     if getattr(block, "attentions", None) is not None:
