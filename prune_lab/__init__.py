@@ -10,7 +10,7 @@ The public API, by stage of the workflow:
 """
 
 from .export import apply_plan, build_student, load_pruned
-from .graph import Unit, UNetGraph, walk
+from .graph import UNetGraph, Unit, walk
 from .models import ARCHITECTURES, build_architecture, load_unet
 from .plan import Plan, fingerprint, resolve
 from .presets import create_plan, list_presets, make_plan

@@ -36,8 +36,14 @@ from .surgery import drop_skip_channels, slice_skip_hook, substitute_for, zero_s
 PRUNED_MARKER = "prune_lab_pruned.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _ORIGIN = "_prune_lab_origin"
-_PER_STAGE_KEYS = ("attention_head_dim", "num_attention_heads", "cross_attention_dim", "only_cross_attention",
-                   "block_out_channels", "down_block_types")
+_PER_STAGE_KEYS = (
+    "attention_head_dim",
+    "num_attention_heads",
+    "cross_attention_dim",
+    "only_cross_attention",
+    "block_out_channels",
+    "down_block_types",
+)
 
 
 # ----------------------------------------------------------------------------------------------- compaction
@@ -70,8 +76,9 @@ def _kept_attention(block: nn.Module, j: int, slot: Slot) -> nn.Module:
 
 def _compact_resnet(block: nn.Module, j: int, slot: Slot, graph) -> nn.Module:
     unit = graph[slot.resnet]
-    resnet = block.resnets[j] if slot.resnet_kept else substitute_for(block.resnets[j], unit.in_channels,
-                                                                        unit.out_channels)
+    resnet = (
+        block.resnets[j] if slot.resnet_kept else substitute_for(block.resnets[j], unit.in_channels, unit.out_channels)
+    )
     if slot.skip_mode in ("keep", "gone", None) or slot.skip is None:
         return resnet
     prev = unit.in_channels - graph[slot.skip].out_channels
@@ -93,8 +100,11 @@ def _compact_stage(model: nn.Module, stage: StagePlan, graph) -> None:
         resnets.append(_compact_resnet(block, j, slot, graph))
         if slot.attention is not None:
             attn_unit = graph[slot.attention]
-            attentions.append(_kept_attention(block, j, slot) if slot.attention_kept else substitute_for(
-                block.attentions[j], attn_unit.in_channels, attn_unit.out_channels))
+            attentions.append(
+                _kept_attention(block, j, slot)
+                if slot.attention_kept
+                else substitute_for(block.attentions[j], attn_unit.in_channels, attn_unit.out_channels)
+            )
     block.resnets = nn.ModuleList(resnets)
     if getattr(block, "attentions", None) is not None:
         block.attentions = nn.ModuleList(attentions)
@@ -190,9 +200,9 @@ def derive_config(unet: nn.Module, res: Resolution) -> dict | None:
     for key in _PER_STAGE_KEYS:
         if isinstance(cfg.get(key), (list, tuple)):
             cfg[key] = list(cfg[key])[:n]
-    cfg["up_block_types"] = list(cfg["up_block_types"])[res.removed_levels:]
+    cfg["up_block_types"] = list(cfg["up_block_types"])[res.removed_levels :]
     down = [len(s.kept_slots) for s in res.down[:n]]
-    up = [len(s.kept_slots) for s in res.up[res.removed_levels:]]
+    up = [len(s.kept_slots) for s in res.up[res.removed_levels :]]
     if list(reversed(up)) != [d + 1 for d in down]:
         return None
     cfg["layers_per_block"] = down[0] if len(set(down)) == 1 else down
@@ -208,8 +218,11 @@ def _set_transformer_depths(cfg: dict, unet: nn.Module, res: Resolution, n: int)
     down = [_transformer_depths(s, teacher[i]) for i, s in enumerate(res.down[:n])]
     rev_teacher = unet.config.get("reverse_transformer_layers_per_block") or list(reversed(teacher))
     up = [_transformer_depths(s, rev_teacher[u]) for u, s in enumerate(res.up) if not s.level_removed]
-    if all(isinstance(d, int) for d in down) and up == list(reversed(down)) and not unet.config.get(
-            "reverse_transformer_layers_per_block"):
+    if (
+        all(isinstance(d, int) for d in down)
+        and up == list(reversed(down))
+        and not unet.config.get("reverse_transformer_layers_per_block")
+    ):
         cfg["transformer_layers_per_block"] = down[0] if len(set(down)) == 1 else down
         cfg["reverse_transformer_layers_per_block"] = None
     else:
@@ -292,13 +305,17 @@ def _write_unet(compacted: Compacted, teacher: nn.Module, plan: Plan, unet_dir: 
     unet_dir.mkdir(parents=True)
     state = {k: v.contiguous() for k, v in compacted.student.state_dict().items()}
     save_file(state, str(unet_dir / WEIGHTS_NAME))
-    base = {"_class_name": type(teacher).__name__, **{k: v for k, v in dict(teacher.config).items()
-                                                       if not k.startswith("_")}}
+    base = {
+        "_class_name": type(teacher).__name__,
+        **{k: v for k, v in dict(teacher.config).items() if not k.startswith("_")},
+    }
     marker = {"format": "prune_lab.pruned_unet", "version": 1, "base_config": base, "plan": plan.to_dict()}
     (unet_dir / PRUNED_MARKER).write_text(json.dumps(marker, indent=2, default=list) + "\n")
 
 
-def apply_plan(loaded: LoadedModel, plan: Plan, out_dir: str | os.PathLike, *, overwrite: bool = False) -> ExportResult:
+def apply_plan(
+    loaded: LoadedModel, plan: Plan, out_dir: str | os.PathLike, *, overwrite: bool = False
+) -> ExportResult:
     """Export the student of `plan` to `out_dir` (`out_dir/unet`, plus the other pipeline parts if any).
 
     Written to a temporary folder next to `out_dir` and renamed at the end, so a failure leaves nothing behind.
@@ -326,8 +343,17 @@ def apply_plan(loaded: LoadedModel, plan: Plan, out_dir: str | os.PathLike, *, o
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     res = compacted.resolution
-    return ExportResult(out_dir, compacted.expressible, _params(teacher), _params(compacted.student),
-                        compacted.config, umap, res.rewired(), res.removed, loaded.is_pipeline)
+    return ExportResult(
+        out_dir,
+        compacted.expressible,
+        _params(teacher),
+        _params(compacted.student),
+        compacted.config,
+        umap,
+        res.rewired(),
+        res.removed,
+        loaded.is_pipeline,
+    )
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:
@@ -342,8 +368,9 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
     marker = path / PRUNED_MARKER
     if not marker.exists():
         if (path / "config.json").exists():
-            cls = {"UNet2DModel": UNet2DModel}.get(json.loads((path / "config.json").read_text()).get("_class_name"),
-                                                  UNet2DConditionModel)
+            cls = {"UNet2DModel": UNet2DModel}.get(
+                json.loads((path / "config.json").read_text()).get("_class_name"), UNet2DConditionModel
+            )
             return cls.from_pretrained(path).eval()
         raise FileNotFoundError(f"{path} holds neither a prune_lab export ({PRUNED_MARKER}) nor a diffusers config")
     info = json.loads(marker.read_text())

@@ -157,26 +157,68 @@ class _Walker:
         self.children: dict[str, list[str]] = {}
         self.num_levels = len(unet.down_blocks)
 
-    def add(self, name: str, label: str, kind: str, stage: str, parent: str | None, level: int, cin: int,
-            cout: int, params: int, removal: str, **extra) -> None:
-        self.units.append(Unit(name, label, kind, stage, parent, len(self.units), level, cin, cout, params,
-                               removal, **extra))
+    def add(
+        self,
+        name: str,
+        label: str,
+        kind: str,
+        stage: str,
+        parent: str | None,
+        level: int,
+        cin: int,
+        cout: int,
+        params: int,
+        removal: str,
+        **extra,
+    ) -> None:
+        self.units.append(
+            Unit(name, label, kind, stage, parent, len(self.units), level, cin, cout, params, removal, **extra)
+        )
         if parent is not None:
             self.children.setdefault(parent, []).append(name)
 
-    def add_block(self, prefix: str, label: str, kind: str, stage: str, parent: str, level: int,
-                  module: nn.Module, cin: int | None = None) -> None:
+    def add_block(
+        self,
+        prefix: str,
+        label: str,
+        kind: str,
+        stage: str,
+        parent: str,
+        level: int,
+        module: nn.Module,
+        cin: int | None = None,
+    ) -> None:
         if kind == "resnet":
             cin = module.in_channels if cin is None else cin
             cout = module.out_channels
-            self.add(prefix, label, kind, stage, parent, level, cin, cout, _params(module),
-                     "remove" if cin == cout else "interpolate")
+            self.add(
+                prefix,
+                label,
+                kind,
+                stage,
+                parent,
+                level,
+                cin,
+                cout,
+                _params(module),
+                "remove" if cin == cout else "interpolate",
+            )
             return
         ch = _channels(module)
         self.add(prefix, label, "attention", stage, parent, level, ch, ch, _params(module), "remove")
         for k, layer in enumerate(getattr(module, "transformer_blocks", None) or []):
-            self.add(f"{prefix}.transformer_blocks.{k}", f"{label}-T{k + 1}", "transformer_layer", stage, prefix,
-                     level, ch, ch, _params(layer), "remove")
+            self.add(
+                f"{prefix}.transformer_blocks.{k}",
+                f"{label}-T{k + 1}",
+                "transformer_layer",
+                stage,
+                prefix,
+                level,
+                ch,
+                ch,
+                _params(layer),
+                "remove",
+            )
 
     def walk_down(self) -> list[tuple[str, int, int]]:
         conv_in = self.unet.conv_in
@@ -189,8 +231,7 @@ class _Walker:
                 self.add_block(f"{stage}.resnets.{j}", f"D{i + 1}-R{j + 1}", "resnet", stage, stage, i, resnet)
                 attn = _attention(block, j)
                 if attn is not None:
-                    self.add_block(f"{stage}.attentions.{j}", f"D{i + 1}-A{j + 1}", "attention", stage, stage, i,
-                                   attn)
+                    self.add_block(f"{stage}.attentions.{j}", f"D{i + 1}-A{j + 1}", "attention", stage, stage, i, attn)
                 slot = f"{stage}.attentions.{j}" if attn is not None else f"{stage}.resnets.{j}"
                 producers.append((slot, i, resnet.out_channels))
             for d, down in enumerate(getattr(block, "downsamplers", None) or []):
@@ -203,16 +244,19 @@ class _Walker:
             return
         level = self.num_levels - 1
         ch = mid.resnets[0].in_channels
-        self.add("mid_block", "M", "mid", "mid_block", None, level, ch, mid.resnets[-1].out_channels, _params(mid),
-                 "remove")
+        self.add(
+            "mid_block", "M", "mid", "mid_block", None, level, ch, mid.resnets[-1].out_channels, _params(mid), "remove"
+        )
         self.add_block("mid_block.resnets.0", "M-R1", "resnet", "mid_block", "mid_block", level, mid.resnets[0])
         for j, resnet in enumerate(mid.resnets[1:]):
             attn = _attention(mid, j)
             if attn is not None:
-                self.add_block(f"mid_block.attentions.{j}", f"M-A{j + 1}", "attention", "mid_block", "mid_block",
-                               level, attn)
-            self.add_block(f"mid_block.resnets.{j + 1}", f"M-R{j + 2}", "resnet", "mid_block", "mid_block", level,
-                           resnet)
+                self.add_block(
+                    f"mid_block.attentions.{j}", f"M-A{j + 1}", "attention", "mid_block", "mid_block", level, attn
+                )
+            self.add_block(
+                f"mid_block.resnets.{j + 1}", f"M-R{j + 2}", "resnet", "mid_block", "mid_block", level, resnet
+            )
 
     def walk_up(self, producers: list[tuple[str, int, int]]) -> list[SkipEdge]:
         stack, edges = list(producers), []
@@ -226,13 +270,26 @@ class _Walker:
                 producer, plevel, ch = stack.pop()
                 consumer = f"{stage}.resnets.{j}"
                 edges.append(SkipEdge(producer, consumer, plevel, ch))
-                self.add(SKIP_PREFIX + consumer, f"{labels[producer]}>U{u + 1}-R{j + 1}", "skip", stage, stage, level,
-                         ch, ch, 0, "zero", producer=producer, consumer=consumer)
+                self.add(
+                    SKIP_PREFIX + consumer,
+                    f"{labels[producer]}>U{u + 1}-R{j + 1}",
+                    "skip",
+                    stage,
+                    stage,
+                    level,
+                    ch,
+                    ch,
+                    0,
+                    "zero",
+                    producer=producer,
+                    consumer=consumer,
+                )
                 self.add_block(consumer, f"U{u + 1}-R{j + 1}", "resnet", stage, stage, level, resnet)
                 attn = _attention(block, j)
                 if attn is not None:
-                    self.add_block(f"{stage}.attentions.{j}", f"U{u + 1}-A{j + 1}", "attention", stage, stage, level,
-                                   attn)
+                    self.add_block(
+                        f"{stage}.attentions.{j}", f"U{u + 1}-A{j + 1}", "attention", stage, stage, level, attn
+                    )
         return edges
 
     def _producer_label(self, name: str) -> str:

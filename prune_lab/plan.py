@@ -52,8 +52,14 @@ class Plan:
     meta: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "base": self.base, "keep": list(self.keep),
-                "actions": dict(self.actions), "meta": self.meta}
+        return {
+            "format": PLAN_FORMAT,
+            "version": PLAN_VERSION,
+            "base": self.base,
+            "keep": list(self.keep),
+            "actions": dict(self.actions),
+            "meta": self.meta,
+        }
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename), so a failed write leaves nothing behind."""
@@ -69,12 +75,12 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict, where: str = "plan") -> Plan:
         if data.get("format") != PLAN_FORMAT:
-            raise ValueError(f"{where} is not a prune_lab plan (no \"format\": \"{PLAN_FORMAT}\")")
+            raise ValueError(f'{where} is not a prune_lab plan (no "format": "{PLAN_FORMAT}")')
         if data.get("version") != PLAN_VERSION:
             raise ValueError(f"{where} has plan version {data.get('version')!r}; this prune_lab reads {PLAN_VERSION}")
         keep = data.get("keep")
         if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
-            raise ValueError(f"{where}: \"keep\" must be a list of unit names")
+            raise ValueError(f'{where}: "keep" must be a list of unit names')
         actions = data.get("actions") or {}
         bad = {k: v for k, v in actions.items() if v not in ACTIONS}
         if bad:
@@ -234,8 +240,10 @@ def _resolve_skips(res: Resolution) -> None:
             slot.skip = SKIP_PREFIX + slot.resnet
             if slot.skip in res.kept:
                 if slot.gone:
-                    raise ValueError(f"{slot.skip} is kept but its consumer {slot.resnet} (and its attention) is "
-                                     "removed; remove the skip too or keep the consumer")
+                    raise ValueError(
+                        f"{slot.skip} is kept but its consumer {slot.resnet} (and its attention) is "
+                        "removed; remove the skip too or keep the consumer"
+                    )
                 continue
             slot.skip_mode = "gone" if slot.gone else res.actions.get(slot.skip, "drop")
             if slot.skip_mode not in ("zero", "drop", "gone"):
@@ -262,8 +270,12 @@ def _mark_removed_levels(res: Resolution) -> None:
 
 def _check_actions(res: Resolution) -> None:
     graph = res.graph
-    partial = {s.resnet for st in res.down + res.up + ([res.mid] if res.mid else []) for s in st.slots
-               if not s.resnet_kept and not s.gone}
+    partial = {
+        s.resnet
+        for st in res.down + res.up + ([res.mid] if res.mid else [])
+        for s in st.slots
+        if not s.resnet_kept and not s.gone
+    }
     if res.mid is not None:  # mid resnets are slots of their own; they are partial when anything else survives
         partial |= {s.resnet for s in res.mid.slots if not s.resnet_kept and any(t.resnet_kept for t in res.mid.slots)}
     for name, action in res.actions.items():
@@ -276,7 +288,7 @@ def _check_actions(res: Resolution) -> None:
         if unit.removal == "interpolate" and res.actions.get(name) != "interpolate":
             raise ValueError(
                 f"removing {name} changes channels ({unit.in_channels} -> {unit.out_channels}) while its slot "
-                f"stays; add \"{name}\": \"interpolate\" to the plan's actions or remove the whole slot"
+                f'stays; add "{name}": "interpolate" to the plan\'s actions or remove the whole slot'
             )
 
 
@@ -290,8 +302,10 @@ class _Flow:
 
     def expect(self, name: str, channels: int) -> None:
         if channels != self.channels:
-            raise ValueError(f"{name} expects {channels} input channels but would receive {self.channels} under "
-                             "this plan; keep the unit that feeds it or remove this one too")
+            raise ValueError(
+                f"{name} expects {channels} input channels but would receive {self.channels} under "
+                "this plan; keep the unit that feeds it or remove this one too"
+            )
 
     def through(self, slot: Slot) -> None:
         resnet = self.graph[slot.resnet]
@@ -329,28 +343,15 @@ class _Flow:
         for stage in self.res.up:
             if stage.level_removed:
                 continue
-            level = self.graph[stage.path].level
             for slot in stage.kept_slots:
-                self.consume(slot, level)
+                self.consume(slot)
                 self.channels = self.graph[slot.resnet].out_channels
                 if slot.attention and slot.attention_kept:
                     self.expect(slot.attention, self.graph[slot.attention].in_channels)
-        if self.stack:
-            raise ValueError(f"the skip of {self.stack[-1][0]} has no consumer under this plan; remove one more "
-                             "down-side block at its level or keep one more up-side consumer")
 
-    def consume(self, slot: Slot, level: int) -> None:
-        if not self.stack:
-            raise ValueError(f"{slot.resnet} is left without a skip to consume (unfed); remove it or keep a "
-                             "producer at its level")
-        producer, plevel, channels = self.stack.pop()
+    def consume(self, slot: Slot) -> None:
+        producer, _, channels = self.stack.pop()  # same level: _check_levels ran first
         teacher = self.graph.edge_of(slot.resnet)
-        if plevel != level:
-            raise ValueError(
-                f"{slot.resnet} would receive the skip of {producer} (level {plevel}) instead of a level-{level} "
-                f"skip: the number of kept blocks at level {level} differs between the down and up side (it took "
-                f"{teacher.producer}'s skip in the base model); remove one consumer per removed producer"
-            )
         slot.producer = producer
         if not slot.resnet_kept:
             return
@@ -358,12 +359,57 @@ class _Flow:
         if slot.skip_mode == "drop":
             self.expect(slot.resnet, resnet.in_channels - teacher.channels)
         elif channels != teacher.channels or self.channels + channels != resnet.in_channels:
-            raise ValueError(f"{slot.resnet} expects {resnet.in_channels} input channels (hidden + skip) but would "
-                             f"receive {self.channels} + {channels} from {producer} (mis-shaped consumer)")
+            raise ValueError(
+                f"{slot.resnet} expects {resnet.in_channels} input channels (hidden + skip) but would "
+                f"receive {self.channels} + {channels} from {producer} (mis-shaped consumer)"
+            )
+
+
+def _level_census(res: Resolution) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """Producers and consumers that survive the plan, per resolution level (teacher names)."""
+    graph = res.graph
+    removed_levels = {i for i, stage in enumerate(res.down) if stage.level_removed}
+    kept_down = {s.attention if s.attention else s.resnet for st in res.down for s in st.kept_slots}
+    kept_down |= {s.resnet for st in res.down for s in st.kept_slots}
+    producers: dict[int, list[str]] = {}
+    for name, level, _ in graph.producers:
+        is_sampler = ".downsamplers." in name
+        alive = name == "conv_in" or name in kept_down or (is_sampler and level not in removed_levels)
+        if alive and level not in removed_levels:
+            producers.setdefault(level, []).append(name)
+    consumers: dict[int, list[str]] = {}
+    for stage in res.up:
+        for s in stage.kept_slots:
+            consumers.setdefault(graph[s.resnet].level, []).append(s.resnet)
+    return producers, consumers
+
+
+def _check_levels(res: Resolution) -> None:
+    """Every level must emit as many skips as it consumes; name the unit that breaks it (follow-the-skip)."""
+    producers, consumers = _level_census(res)
+    for level in sorted(set(producers) | set(consumers)):
+        made, taken = producers.get(level, []), consumers.get(level, [])
+        if len(made) == len(taken):
+            continue
+        alive = set(made)
+        if len(taken) > len(made):
+            unfed = next(c for c in taken if res.graph.edge_of(c).producer not in alive)
+            raise ValueError(
+                f"{unfed} is left unfed: it took the skip of {res.graph.edge_of(unfed).producer}, which this plan "
+                f"removes (level {level}: {len(made)} skips made, {len(taken)} consumed); remove {unfed} with its "
+                "attention and skip too, or keep its producer"
+            )
+        fed = {res.graph.edge_of(c).producer for c in taken}
+        orphan = next(p for p in made if p not in fed)
+        raise ValueError(
+            f"the skip of {orphan} has no consumer under this plan (level {level}: {len(made)} skips made, "
+            f"{len(taken)} consumed); remove {orphan} too or keep the up-stage resnet that took it"
+        )
 
 
 def _check_flow(res: Resolution) -> None:
     flow = _Flow(res)
     flow.down()
     flow.mid()
+    _check_levels(res)
     flow.up()

@@ -85,8 +85,10 @@ def _require_sd_layout(graph: UNetGraph) -> None:
     for i in range(n):
         down, up = _slots(graph, f"down_blocks.{i}"), _slots(graph, f"up_blocks.{i}")
         if down != 2 or up != 3:
-            raise ValueError(f"BK-SDM presets need 2 blocks per down stage and 3 per up stage (SD layout); "
-                             f"down_blocks.{i} has {down}, up_blocks.{i} has {up}")
+            raise ValueError(
+                f"BK-SDM presets need 2 blocks per down stage and 3 per up stage (SD layout); "
+                f"down_blocks.{i} has {down}, up_blocks.{i} has {up}"
+            )
 
 
 @register_preset("bk-base", ("sd",), "down stages keep R-A pair 1, up stages pairs 1 and 3 (BK-SDM-Base)")
@@ -165,8 +167,15 @@ def _vega(graph: UNetGraph, scores=None) -> set[str]:
     return _sdxl(graph, SDXL_DEPTHS["vega"], scores)
 
 
-def make_plan(unet: nn.Module, keep, *, source: str, actions: dict | None = None, meta: dict | None = None,
-              graph: UNetGraph | None = None) -> Plan:
+def make_plan(
+    unet: nn.Module,
+    keep,
+    *,
+    source: str,
+    actions: dict | None = None,
+    meta: dict | None = None,
+    graph: UNetGraph | None = None,
+) -> Plan:
     """A plan keeping `keep` (listed in forward order) for `unet`."""
     graph = graph or walk(unet)
     ordered = [u.name for u in graph.units if u.name in set(keep)]
@@ -183,8 +192,10 @@ def create_plan(unet: nn.Module, preset: str, *, source: str, scores: Mapping[st
     spec = get_preset(preset)
     family = model_family(unet)
     if family not in spec.families:
-        raise ValueError(f"preset {preset!r} is for {'/'.join(spec.families)} models, this one is {family}; "
-                         f"presets for it: {', '.join(list_presets(family))}")
+        raise ValueError(
+            f"preset {preset!r} is for {'/'.join(spec.families)} models, this one is {family}; "
+            f"presets for it: {', '.join(list_presets(family))}"
+        )
     graph = walk(unet)
     keep = spec.build(graph, scores)
     meta = {"preset": preset, "layer_choice": "scores" if scores else "first"}

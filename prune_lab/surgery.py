@@ -112,8 +112,10 @@ def drop_skip_channels(resnet: nn.Module, prev_channels: int) -> nn.Module:
     """
     groups = resnet.norm1.num_groups
     if prev_channels % groups:
-        raise ValueError(f"cannot drop the skip: {prev_channels} remaining channels are not divisible by the "
-                         f"{groups} groups of the consumer's GroupNorm")
+        raise ValueError(
+            f"cannot drop the skip: {prev_channels} remaining channels are not divisible by the "
+            f"{groups} groups of the consumer's GroupNorm"
+        )
     pruned = copy.deepcopy(resnet)
     dropped = list(range(prev_channels, resnet.in_channels))
     tp.prune_groupnorm_out_channels(pruned.norm1, dropped)
@@ -154,8 +156,9 @@ def expand_removal(graph: UNetGraph, names: Iterable[str]) -> list[str]:
 
 
 @contextmanager
-def taken_out(unet: nn.Module, names: Iterable[str], *, skip_mode: str = "zero",
-              graph: UNetGraph | None = None) -> Iterator[nn.Module]:
+def taken_out(
+    unet: nn.Module, names: Iterable[str], *, skip_mode: str = "zero", graph: UNetGraph | None = None
+) -> Iterator[nn.Module]:
     """Reversibly take units out of `unet` (analysis mode).
 
     Args:

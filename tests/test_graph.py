@@ -47,16 +47,23 @@ def test_skip_routing_matches_diffusers_stack(sd_unet):
     assert producer["up_blocks.1.resnets.0"] == "down_blocks.2.attentions.1"
     assert producer["up_blocks.3.resnets.2"] == "conv_in"
     skip = graph["skip:up_blocks.1.resnets.2"]
-    assert (skip.producer, skip.consumer, skip.label) == ("down_blocks.1.downsamplers.0", "up_blocks.1.resnets.2",
-                                                          "D2-DS>U2-R3")
+    assert (skip.producer, skip.consumer, skip.label) == (
+        "down_blocks.1.downsamplers.0",
+        "up_blocks.1.resnets.2",
+        "D2-DS>U2-R3",
+    )
 
 
 def test_skip_channels_agree_with_the_real_concatenation(sd_unet):
     """The walker's skip widths equal what diffusers concatenates at each consumer."""
     graph = walk(sd_unet)
     seen = {}
-    handles = [sd_unet.get_submodule(e.consumer).register_forward_pre_hook(
-        lambda m, a, name=e.consumer: seen.__setitem__(name, a[0].shape[1])) for e in graph.edges]
+    handles = [
+        sd_unet.get_submodule(e.consumer).register_forward_pre_hook(
+            lambda m, a, name=e.consumer: seen.__setitem__(name, a[0].shape[1])
+        )
+        for e in graph.edges
+    ]
     run_unet(sd_unet, unet_inputs(sd_unet))
     for h in handles:
         h.remove()
@@ -85,8 +92,9 @@ def test_params_match_modules_and_nest(sd_unet):
         module = sd_unet.get_submodule(unit.name)
         assert unit.params == sum(p.numel() for p in module.parameters())
     stages = graph.of_kind("stage", "mid")
-    outside = sum(p.numel() for n, p in sd_unet.named_parameters()
-                  if not n.startswith(("down_blocks", "up_blocks", "mid_block")))
+    outside = sum(
+        p.numel() for n, p in sd_unet.named_parameters() if not n.startswith(("down_blocks", "up_blocks", "mid_block"))
+    )
     assert sum(u.params for u in stages) + outside == sum(p.numel() for p in sd_unet.parameters())
     attn = graph["down_blocks.0.attentions.0"]
     assert attn.children == ("down_blocks.0.attentions.0.transformer_blocks.0",)
@@ -102,11 +110,14 @@ def test_sdxl_transformer_layers(sdxl_unet):
     assert kinds(graph)["skip"] == 9
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("sd-v1", {"resnet": 22, "attention": 16, "transformer_layer": 16, "skip": 12, "stage": 8, "mid": 1}),
-    ("sd-v2-base", {"resnet": 22, "attention": 16, "transformer_layer": 16, "skip": 12, "stage": 8, "mid": 1}),
-    ("sdxl", {"resnet": 17, "attention": 11, "transformer_layer": 70, "skip": 9, "stage": 6, "mid": 1}),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("sd-v1", {"resnet": 22, "attention": 16, "transformer_layer": 16, "skip": 12, "stage": 8, "mid": 1}),
+        ("sd-v2-base", {"resnet": 22, "attention": 16, "transformer_layer": 16, "skip": 12, "stage": 8, "mid": 1}),
+        ("sdxl", {"resnet": 17, "attention": 11, "transformer_layer": 70, "skip": 9, "stage": 6, "mid": 1}),
+    ],
+)
 def test_full_size_builtins_walk_on_meta(name, expected):
     unet = build_architecture(name, meta=True)
     graph = walk(unet)
@@ -122,9 +133,17 @@ def test_sd_v1_total_params_is_the_published_859_5M():
 
 def test_unet2dmodel_walks():
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       layers_per_block=1, norm_num_groups=8, attention_head_dim=8)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
     graph = walk(unet)
     assert kinds(graph) == {"resnet": 2 + 2 + 4, "attention": 1 + 1 + 2, "skip": 4, "stage": 4, "mid": 1}
     assert graph["down_blocks.1.attentions.0"].in_channels == 32

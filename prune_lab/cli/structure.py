@@ -14,13 +14,25 @@ from ..plan import Plan
 from ..presets import create_plan, get_preset, list_presets, model_family, read_importance
 from .formatting import FORMATS, render
 
-BLOCK_COLUMNS = ["name", "label", "kind", "stage", "level", "in_channels", "out_channels", "params", "removal",
-                 "producer", "consumer"]
+BLOCK_COLUMNS = [
+    "name",
+    "label",
+    "kind",
+    "stage",
+    "level",
+    "in_channels",
+    "out_channels",
+    "params",
+    "removal",
+    "producer",
+    "consumer",
+]
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="built-in (sd-v1, sd-v2-base, sd-v2, sdxl), pipeline or U-Net folder, or hub id")
+    p.add_argument(
+        "--model", required=True, help="built-in (sd-v1, sd-v2-base, sd-v2, sdxl), pipeline or U-Net folder, or hub id"
+    )
 
 
 def cmd_blocks(args: argparse.Namespace) -> int:
@@ -42,13 +54,29 @@ def cmd_presets(args: argparse.Namespace) -> int:
     loaded = load_unet(args.model, meta=True)
     unet = loaded.unet
     base = sum(p.numel() for p in unet.parameters())
-    rows = [{"preset": "(base)", "params": base, "params_M": _params_m(base), "params_pct": 100.0,
-             "expressible": True, "description": args.model}]
+    rows = [
+        {
+            "preset": "(base)",
+            "params": base,
+            "params_M": _params_m(base),
+            "params_pct": 100.0,
+            "expressible": True,
+            "description": args.model,
+        }
+    ]
     for name in list_presets(model_family(unet)):
         student = build_student(unet, create_plan(unet, name, source=args.model))
         n = sum(p.numel() for p in student.student.parameters())
-        rows.append({"preset": name, "params": n, "params_M": _params_m(n), "params_pct": round(100 * n / base, 1),
-                     "expressible": student.expressible, "description": get_preset(name).description})
+        rows.append(
+            {
+                "preset": name,
+                "params": n,
+                "params_M": _params_m(n),
+                "params_pct": round(100 * n / base, 1),
+                "expressible": student.expressible,
+                "description": get_preset(name).description,
+            }
+        )
     print(render(pd.DataFrame(rows), args.format))
     return 0
 
@@ -70,9 +98,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan.meta["expressible"] = compacted.expressible
     plan.save(args.out)
     removed = compacted.resolution.removed
-    print(f"wrote {args.out}: {len(plan.keep)} units kept, {len(removed)} removed, "
-          f"U-Net params {_params_m(plan.meta['student_params'])}M "
-          f"({'plain diffusers config' if compacted.expressible else 'needs prune_lab.load_pruned'})")
+    print(
+        f"wrote {args.out}: {len(plan.keep)} units kept, {len(removed)} removed, "
+        f"U-Net params {_params_m(plan.meta['student_params'])}M "
+        f"({'plain diffusers config' if compacted.expressible else 'needs prune_lab.load_pruned'})"
+    )
     return 0
 
 
@@ -81,8 +111,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     plan = _plan_from_args(args, loaded.unet)
     result = apply_plan(loaded, plan, args.out, overwrite=args.overwrite)
     what = "pipeline" if result.is_pipeline else "U-Net"
-    print(f"wrote {what} to {result.out_dir}: U-Net params {_params_m(result.teacher_params)}M -> "
-          f"{_params_m(result.student_params)}M ({100 * result.student_params / result.teacher_params:.1f}%)")
+    print(
+        f"wrote {what} to {result.out_dir}: U-Net params {_params_m(result.teacher_params)}M -> "
+        f"{_params_m(result.student_params)}M ({100 * result.student_params / result.teacher_params:.1f}%)"
+    )
     if result.expressible:
         print(f"format: plain diffusers; load with UNet2DConditionModel.from_pretrained('{result.out_dir / 'unet'}')")
     else:
