@@ -23,7 +23,7 @@ import pandas as pd
 import torch.nn as nn
 
 from .graph import UNetGraph, walk
-from .plan import Plan, fingerprint
+from .plan import Plan, expand_keep, fingerprint
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,14 @@ def make_plan(
 ) -> Plan:
     """A plan keeping `keep` (listed in forward order) for `unet`."""
     graph = graph or walk(unet)
-    ordered = [u.name for u in graph.units if u.name in set(keep)]
+    keep = set(keep)
+    surplus = sorted(expand_keep(graph, keep) - keep - {u.name for u in graph.of_kind("stage", "mid")})
+    if surplus:
+        raise ValueError(
+            f"the keep list implies {surplus[0]} (a kept transformer layer keeps its attention block; "
+            "an attention block kept alone keeps all its layers); remove or keep both together"
+        )
+    ordered = [u.name for u in graph.units if u.name in keep]
     base = {"class": type(unet).__name__, "fingerprint": fingerprint(unet), "source": source}
     return Plan(keep=ordered, base=base, actions=dict(actions or {}), meta=dict(meta or {}))
 

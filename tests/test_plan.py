@@ -176,3 +176,12 @@ def test_missing_and_invalid_json_plan(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         Plan.load(tmp_path / "bad.json")
+
+
+def test_make_plan_refuses_keep_lists_the_container_rule_would_change(sd_unet):
+    graph = walk(sd_unet)
+    layer = "down_blocks.0.attentions.1.transformer_blocks.0"
+    with pytest.raises(ValueError, match="implies down_blocks.0.attentions.1"):
+        make_plan(sd_unet, all_atoms(graph) - {"down_blocks.0.attentions.1"}, source="t")
+    with pytest.raises(ValueError, match=f"implies {layer}"):
+        make_plan(sd_unet, all_atoms(graph) - {layer}, source="t")
