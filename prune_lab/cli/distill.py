@@ -1,0 +1,118 @@
+"""Retraining subcommands: `distill` (BK-SDM feature KD of a student from its teacher) and `cache-latents`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..distill.features import FEATURE_LAYERS
+from ..distill.recipe import MIXED_PRECISION, DistillConfig, DistillRecipe, DivergedError
+
+CACHE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def config_from_args(args: argparse.Namespace) -> DistillConfig:
+    fields = DistillConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    values["progress"] = not args.no_progress
+    return DistillConfig(**values)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    recipe = DistillRecipe(config_from_args(args))
+    try:
+        result = recipe.run()
+    except DivergedError as e:
+        print(f"prunelab distill: error: {e}", file=sys.stderr)
+        return 1
+    if not recipe.accelerator.is_main_process:
+        return 0
+    if result.resumed_from:
+        print(f"resumed from {result.resumed_from}")
+    last = ", ".join(f"{k} {v:.4g}" for k, v in result.last.items() if not k.startswith("feat:"))
+    print(f"trained {result.step} steps ({last}); losses per step in {result.out_dir / 'losses.csv'}")
+    if result.bad_images:
+        print(f"skipped {len(result.bad_images)} unreadable image(s), e.g. {result.bad_images[0]}")
+    print(f"wrote the student to {result.exported} (load with prune_lab.load_pruned('{result.exported}'))")
+    return 0
+
+
+def cmd_cache_latents(args: argparse.Namespace) -> int:
+    from ..distill.data import write_latent_cache
+    from ..distill.encoders import load_encoders
+    from ..models import load_unet
+
+    loaded = load_unet(args.model, meta=True)
+    if not loaded.is_pipeline:
+        raise ValueError(f"{args.model} is not a pipeline folder; the cache needs its VAE and text encoder(s)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    encoders = load_encoders(loaded.root, dtype=dtype, device=device)
+    summary = write_latent_cache(encoders, args.data, args.out, resolution=args.resolution,
+                                 batch_size=args.batch_size, shard_size=args.shard_size,
+                                 dtype=CACHE_DTYPES[args.dtype], flip=not args.no_flip, source=str(args.model),
+                                 scheduler_dir=loaded.root / "scheduler", num_workers=args.num_workers,
+                                 overwrite=args.overwrite, progress=True)
+    print(f"wrote {summary.count} samples in {summary.shards} shard(s) to {summary.out_dir}"
+          + (f" ({summary.resumed_shards} shard(s) kept from an earlier run)" if summary.resumed_shards else ""))
+    if summary.skipped:
+        print(f"skipped {len(summary.skipped)} unreadable image(s), e.g. {summary.skipped[0]}")
+    return 0
+
+
+def _distill_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="the model the student was pruned from (pipeline folder ideally)")
+    p.add_argument("--student", required=True, help="a `prunelab apply` output folder")
+    p.add_argument("--data", required=True, help="image-text folder (metadata.csv/.jsonl) or a latents cache")
+    p.add_argument("--out", required=True, help="output folder: the student, checkpoints/, losses.csv, samples/")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (default 50000, BK-SDM)")
+    p.add_argument("--batch-size", type=int, help="micro-batch per process (default 64)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 4)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate, constant (default 5e-5)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--max-grad-norm", type=float, help="gradient clipping norm, 0 = off (default 1.0)")
+    p.add_argument("--lambda-task", type=float, help="weight of the denoising loss (default 1)")
+    p.add_argument("--lambda-out", type=float, help="weight of the output-level KD loss (default 1)")
+    p.add_argument("--lambda-feat", type=float, help="weight of the feature-level KD loss (default 1)")
+    p.add_argument("--feature-layers", choices=[*FEATURE_LAYERS, "none"],
+                   help="stages: every stage output (BK-SDM, default); units: every kept unit (SSD-1B)")
+    p.add_argument("--mixed-precision", choices=list(MIXED_PRECISION), help="default no (fp32)")
+    p.add_argument("--ema", action="store_true", default=None, help="keep EMA weights and export them")
+    p.add_argument("--ema-decay", type=float, help="default 0.9999")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints, 0 = only none (default 1000)")
+    p.add_argument("--checkpoints-limit", type=int, help="keep only the newest N checkpoints")
+    p.add_argument("--resume", help="`latest` (or a fresh start when there is none) or a checkpoint folder")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resolution", type=int, help="image side (default 512)")
+    p.add_argument("--random-init", action="store_true", default=None, help="ablation: do not start from the teacher")
+    p.add_argument("--num-workers", type=int, help="data loader workers (default 2)")
+    p.add_argument("--report-to", choices=["tensorboard"], help="also log to tensorboard (out/logs)")
+    p.add_argument("--validation-prompts", nargs="+", help="render these prompts every --validation-every steps")
+    p.add_argument("--validation-every", type=int)
+    p.add_argument("--validation-steps", type=int, help="denoising steps for validation images (default 25)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("distill", help="retrain a pruned student by BK-SDM feature distillation",
+                              description="Run under `accelerate launch` for several processes or GPUs.")
+    _distill_parser(p)
+    p.set_defaults(func=cmd_distill)
+
+    p = subparsers.add_parser("cache-latents", help="encode an image-text folder once for `distill`")
+    p.add_argument("--model", required=True, help="the teacher pipeline folder (its VAE and text encoder are used)")
+    p.add_argument("--data", required=True, help="image-text folder (metadata.csv/.jsonl with file_name,text)")
+    p.add_argument("--out", required=True, type=Path, help="cache folder to write (resumable)")
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=1024, help="samples per safetensors shard")
+    p.add_argument("--dtype", choices=list(CACHE_DTYPES), default="fp16", help="storage dtype")
+    p.add_argument("--no-flip", action="store_true", help="do not store flipped latents (no flip augmentation)")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", help="default cuda when available")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_cache_latents)

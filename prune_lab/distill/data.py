@@ -1,0 +1,293 @@
+"""Training data: an image-text folder, or a cache of VAE posteriors + text conditioning written once from it.
+
+Image-text folder: images plus `metadata.csv` or `metadata.jsonl` with columns `file_name,text` (the layout of
+Hugging Face's `imagefolder`). Each image is resized on its smaller edge, center-cropped to `resolution` and flipped
+left-right with probability 1/2. The flip is a hash of (seed, epoch, index), so the data a step sees depends only on
+the step: a resumed run sees exactly what an uninterrupted one would. A corrupt image is skipped (the next readable
+one takes its place) and reported in the batch's `bad` list; it never crashes a run.
+
+Latents cache (`prunelab cache-latents`): `cache.json` + safetensors shards with each image's VAE posterior
+`moments` (mean and log-variance), the same for the flipped image, and the conditioning tensors (`cond.<name>`).
+Training from a cache never runs the VAE encoder or the text encoder(s).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import functional as TF
+from tqdm.auto import tqdm
+
+from .encoders import FrozenEncoders, encode_moments
+
+METADATA_FILES = ("metadata.csv", "metadata.jsonl")
+CACHE_FORMAT, CACHE_VERSION, CACHE_INDEX = "prune_lab.latent_cache", 1, "cache.json"
+BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+
+
+def flip_for(seed: int, epoch: int, index: int) -> bool:
+    """Whether sample `index` is flipped in `epoch` (a hash of the three, not global RNG state)."""
+    return random.Random(f"{seed}:{epoch}:{index}").random() < 0.5
+
+
+class EpochSampler(Sampler):
+    """Yields `(epoch, index)` keys in a permutation seeded by (seed, epoch); `set_epoch` moves to another epoch."""
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.arange(self.size)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        return iter([(self.epoch, int(i)) for i in order])
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _key(key) -> tuple[int, int]:
+    return key if isinstance(key, tuple) else (0, int(key))
+
+
+# ---------------------------------------------------------------------------------------- image-text folder
+def read_metadata(folder: Path) -> pd.DataFrame:
+    """The `file_name,text` table of an image-text folder (csv or jsonl), checked for captions and files."""
+    found = [folder / name for name in METADATA_FILES if (folder / name).exists()]
+    if not found:
+        raise ValueError(f"{folder} has no captions: add metadata.csv or metadata.jsonl with columns file_name,text")
+    path = found[0]
+    df = pd.read_json(path, lines=True) if path.suffix == ".jsonl" else pd.read_csv(path, keep_default_na=False)
+    missing = {"file_name", "text"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; it needs file_name,text")
+    if df.empty:
+        raise ValueError(f"{path} lists no images")
+    absent = [f for f in df["file_name"] if not (folder / f).exists()]
+    if absent:
+        raise FileNotFoundError(f"{path} lists {len(absent)} missing image(s), e.g. {folder / absent[0]}")
+    return df[["file_name", "text"]].astype(str).reset_index(drop=True)
+
+
+class ImageTextFolder(Dataset):
+    """An image-text folder as (B, 3, R, R) tensors in [-1, 1] plus captions.
+
+    Args:
+        folder: the folder holding the images and `metadata.csv` / `metadata.jsonl`.
+        resolution: output side R (smaller edge resized to R, then center crop).
+        seed: seeds the flips (:func:`flip_for`).
+        flip: random left-right flips (off when writing a cache: the cache stores both orientations).
+    """
+
+    def __init__(self, folder, resolution: int = 512, seed: int = 0, flip: bool = True) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"data folder {self.folder} does not exist")
+        self.table = read_metadata(self.folder)
+        self.resolution, self.seed, self.flip = resolution, seed, flip
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def load(self, index: int, flip: bool = False) -> dict | None:
+        """Sample `index` (None if its image cannot be decoded)."""
+        row = self.table.iloc[index]
+        try:
+            with Image.open(self.folder / row["file_name"]) as im:
+                image = im.convert("RGB")
+        except BAD_IMAGE_ERRORS:
+            return None
+        size = torch.tensor([image.height, image.width])
+        image = TF.resize(image, self.resolution, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        top, left = (image.height - self.resolution) // 2, (image.width - self.resolution) // 2
+        pixels = TF.to_tensor(TF.center_crop(image, self.resolution)) * 2 - 1
+        return {"index": index, "pixel_values": pixels.flip(-1) if flip else pixels, "text": row["text"],
+                "original_size": size, "crop_top_left": torch.tensor([top, left])}
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = _key(key)
+        bad = []
+        for step in range(len(self)):
+            i = (index + step) % len(self)
+            item = self.load(i, self.flip and flip_for(self.seed, epoch, i))
+            if item is not None:
+                return {**item, "bad": bad}
+            bad.append(str(self.table.iloc[i]["file_name"]))
+        raise ValueError(f"no image in {self.folder} can be read")
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors (nested `cond` dicts too), keep strings as lists, concatenate the `bad` lists."""
+    out = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if key == "bad":
+            out[key] = [b for v in values for b in v]
+        elif isinstance(values[0], dict):
+            out[key] = {k: torch.stack([v[k] for v in values]) for k in values[0]}
+        elif isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], int):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ cache
+class LatentCache(Dataset):
+    """A latents cache written by :func:`write_latent_cache`; items hold `moments` (2·C, h, w) and `cond`."""
+
+    def __init__(self, folder, seed: int = 0, flip: bool = True) -> None:
+        self.folder = Path(folder)
+        index = self.folder / CACHE_INDEX
+        if not index.exists():
+            raise FileNotFoundError(f"{self.folder} is not a finished latents cache (no {CACHE_INDEX}); write it "
+                                    "with `prunelab cache-latents`")
+        self.meta = json.loads(index.read_text())
+        if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
+            raise ValueError(f"{index} is not a prune_lab latents cache version {CACHE_VERSION}; rewrite it")
+        self.seed, self.flip = seed, flip and self.meta["flip"]
+        self.rows = [(s["file"], r) for s in self.meta["shards"] for r in range(s["count"])]
+        self._open: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:  # safetensors handles do not pickle (DataLoader workers)
+        return {**self.__dict__, "_open": {}}
+
+    def _tensor(self, file: str, name: str, row: int) -> torch.Tensor:
+        if file not in self._open:
+            self._open[file] = safe_open(str(self.folder / file), framework="pt")
+        return self._open[file].get_slice(name)[row]
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = _key(key)
+        file, row = self.rows[index]
+        flipped = self.flip and flip_for(self.seed, epoch, index)
+        moments = self._tensor(file, "moments_flipped" if flipped else "moments", row)
+        cond = {name: self._tensor(file, f"cond.{name}", row) for name in self.meta["cond"]}
+        return {"index": index, "moments": moments, "cond": cond}
+
+
+def open_dataset(path, resolution: int = 512, seed: int = 0) -> Dataset:
+    """A :class:`LatentCache` if `path` holds `cache.json`, else an :class:`ImageTextFolder`."""
+    path = Path(path)
+    if (path / CACHE_INDEX).exists():
+        cache = LatentCache(path, seed)
+        if cache.meta["resolution"] != resolution:
+            raise ValueError(f"the cache {path} was written at resolution {cache.meta['resolution']}, not "
+                             f"{resolution}; pass --resolution {cache.meta['resolution']} or rewrite the cache")
+        return cache
+    return ImageTextFolder(path, resolution, seed)
+
+
+@dataclass
+class CacheSummary:
+    """What :func:`write_latent_cache` wrote."""
+
+    out_dir: Path
+    count: int
+    shards: int
+    skipped: list[str] = field(default_factory=list)
+    resumed_shards: int = 0
+
+
+def _encode_shard(encoders: FrozenEncoders, loader: DataLoader, flip: bool,
+                  dtype: torch.dtype) -> tuple[dict, list[str], int]:
+    tensors: dict[str, list[torch.Tensor]] = {}
+    skipped: list[str] = []
+    device = encoders.vae.device
+    for batch in loader:
+        skipped += batch["bad"]
+        if not batch["ok"]:
+            continue
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch["ok"].items()}
+        parts = {"moments": encode_moments(encoders.vae, batch["pixel_values"])}
+        if flip:
+            parts["moments_flipped"] = encode_moments(encoders.vae, batch["pixel_values"].flip(-1))
+        parts.update({f"cond.{k}": v for k, v in encoders.condition(batch).items()})
+        for k, v in parts.items():
+            tensors.setdefault(k, []).append(v.to("cpu", dtype))
+    out = {k: torch.cat(v).contiguous() for k, v in tensors.items()}
+    return out, skipped, len(out["moments"]) if out else 0
+
+
+def _collate_valid(items: list[dict | tuple]) -> dict:
+    ok = [i for i in items if isinstance(i, dict)]
+    return {"ok": collate(ok) if ok else None, "bad": [i[1] for i in items if isinstance(i, tuple)]}
+
+
+class _Uncached(Dataset):
+    def __init__(self, folder: ImageTextFolder, indices: range) -> None:
+        self.folder, self.indices = folder, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = self.indices[i]
+        item = self.folder.load(index)
+        return item if item is not None else ("bad", str(self.folder.table.iloc[index]["file_name"]))
+
+
+def write_latent_cache(encoders: FrozenEncoders, data, out_dir, *, resolution: int = 512, batch_size: int = 8,
+                       shard_size: int = 1024, dtype: torch.dtype = torch.float16, flip: bool = True,
+                       source: str = "", scheduler_dir=None, num_workers: int = 0, overwrite: bool = False,
+                       progress: bool = False) -> CacheSummary:
+    """Encode an image-text folder once: VAE posteriors (+ flipped) and conditioning, in safetensors shards.
+
+    Resumable: finished shards are kept and skipped on a rerun; `cache.json` is written last, so a folder without
+    it is never read as a cache. Corrupt images are skipped and listed in `cache.json` (`skipped`).
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / CACHE_INDEX).exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a finished cache; pass --overwrite or another --out")
+    if overwrite and out_dir.exists():
+        shutil.rmtree(out_dir)
+    folder = ImageTextFolder(data, resolution, flip=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    starts = range(0, len(folder), shard_size)
+    shards, skipped, cond, resumed = [], [], set(), 0
+    for s, start in enumerate(tqdm(starts, desc="cache shards", disable=not progress)):
+        file = f"shard-{s:05d}.safetensors"
+        if not (out_dir / file).exists():
+            loader = DataLoader(_Uncached(folder, range(start, min(start + shard_size, len(folder)))),
+                                batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_valid)
+            tensors, bad, count = _encode_shard(encoders, loader, flip, dtype)
+            tmp = out_dir / f".{file}.tmp"
+            save_file(tensors, str(tmp), metadata={"count": str(count), "skipped": json.dumps(bad)})
+            tmp.replace(out_dir / file)
+        else:
+            resumed += 1
+        with safe_open(str(out_dir / file), framework="pt") as f:
+            meta = f.metadata()
+            cond |= {k[5:] for k in f.keys() if k.startswith("cond.")}
+        shards.append({"file": file, "count": int(meta["count"])})
+        skipped += json.loads(meta["skipped"])
+    if scheduler_dir is not None and Path(scheduler_dir).is_dir():
+        shutil.copytree(scheduler_dir, out_dir / "scheduler", dirs_exist_ok=True)
+    index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "source": source, "resolution": resolution,
+             "flip": flip, "dtype": str(dtype).removeprefix("torch."), "scaling_factor": encoders.scaling_factor,
+             "shift_factor": encoders.shift_factor, "cond": sorted(cond), "count": sum(s["count"] for s in shards),
+             "shards": shards, "skipped": skipped}
+    tmp = out_dir / f".{CACHE_INDEX}.tmp"
+    tmp.write_text(json.dumps(index, indent=2) + "\n")
+    tmp.replace(out_dir / CACHE_INDEX)
+    return CacheSummary(out_dir, index["count"], len(shards), skipped, resumed)

@@ -1,0 +1,79 @@
+"""One distillation micro-step, independent of accelerate (the recipe and the benchmarks share it).
+
+Per micro-step (BK-SDM §3.2): draw z_0 from the VAE posterior, noise it to z_t at a uniform timestep, run the frozen
+teacher without gradients and the student, and evaluate :class:`~prune_lab.distill.losses.DistillationLoss` on the
+outputs and on the feature pairs. Every random number comes from a generator seeded by (seed, micro-step, process),
+so the same step draws the same noise whether or not the run was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+
+from .encoders import FrozenEncoders, unet_kwargs
+from .features import FeaturePair, FeatureTap
+from .losses import DistillationLoss, LossTerms, regression_target
+
+
+def step_generator(seed: int, micro_step: int, process: int = 0, device="cpu") -> torch.Generator:
+    """A generator seeded from (seed, micro-step, process) only."""
+    digest = hashlib.blake2b(f"{seed}:{micro_step}:{process}".encode(), digest_size=8).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def _cast(cond: dict, dtype: torch.dtype) -> dict:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+
+
+class DistillStep:
+    """Teacher/student forward passes and the KD loss for one batch.
+
+    Args:
+        teacher: the frozen teacher U-Net (its dtype is the mixed-precision dtype).
+        student: the student as called for training (possibly DDP-wrapped).
+        encoders: turns batches into latents and conditioning.
+        scheduler: the training noise scheduler (`add_noise`, `prediction_type`, `num_train_timesteps`).
+        loss: the objective.
+        pairs: feature pairs; hooks go on `teacher` and on `unwrapped_student`.
+        unwrapped_student: the plain module inside `student` (defaults to `student`).
+        autocast: context factory for the teacher's forward (accelerate's autocast under mixed precision).
+    """
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, encoders: FrozenEncoders, scheduler,
+                 loss: DistillationLoss, pairs: Sequence[FeaturePair], *, unwrapped_student: nn.Module | None = None,
+                 autocast: Callable = nullcontext) -> None:
+        self.teacher, self.student, self.encoders, self.scheduler = teacher, student, encoders, scheduler
+        self.loss = loss
+        self.pairs, self.autocast = list(pairs), autocast
+        self.teacher_tap = FeatureTap(teacher, [p.teacher for p in self.pairs])
+        self.student_tap = FeatureTap(unwrapped_student or student, [p.student for p in self.pairs])
+
+    def noisy_inputs(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """(z_t, t, target, conditioning) for `batch`, drawn from `generator`."""
+        latents = self.encoders.latents(batch, generator)
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        steps = self.scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        target = regression_target(self.scheduler, latents, noise, timesteps)
+        return noisy, timesteps, target, self.encoders.condition(batch)
+
+    def __call__(self, batch: dict, generator: torch.Generator) -> LossTerms:
+        noisy, timesteps, target, cond = self.noisy_inputs(batch, generator)
+        dtype = self.teacher.dtype
+        with torch.no_grad(), self.autocast(), self.teacher_tap.capturing():
+            teacher_out = self.teacher(noisy.to(dtype), timesteps, **unet_kwargs(_cast(cond, dtype))).sample
+            teacher_features = self.teacher_tap.collect()
+        with self.student_tap.capturing():
+            student_out = self.student(noisy, timesteps, **unet_kwargs(_cast(cond, torch.float32))).sample
+            student_features = self.student_tap.collect()
+        return self.loss(student_out, target, teacher_out, student_features, teacher_features)
+
+    def remove_hooks(self) -> None:
+        self.teacher_tap.remove()
+        self.student_tap.remove()
