@@ -26,9 +26,9 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	mkdir -p $(DEMO_OUT)
 	$(BIN)/prunelab blocks --model sd-v1 --format table
-	$(BIN)/prunelab plan --model sd-v1 --preset bk-small -o $(DEMO_OUT)/bk-small.json
-	$(BIN)/prunelab apply --model sd-v1 --keep $(DEMO_OUT)/bk-small.json --out $(DEMO_OUT)/bk-small --meta
 	$(BIN)/prunelab presets --model sd-v1
+	$(BIN)/prunelab presets --model sdxl
+	$(BIN)/prunelab plan --model sd-v1 --preset bk-small -o $(DEMO_OUT)/bk-small.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check prune_lab tests benchmarks

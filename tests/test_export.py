@@ -68,12 +68,10 @@ def test_presets_equal_hand_written_diffusers_configs(preset):
         hand = UNet2DConditionModel(**HAND[preset])
     assert shapes(compacted.student) == shapes(hand)
     assert isinstance(compacted.student, UNet2DConditionModel)
-    for key in ("block_out_channels", "down_block_types", "up_block_types", "mid_block_type"):
-        assert (
-            list(compacted.config[key] or []) == list(HAND[preset][key] or [])
-            if key != "mid_block_type"
-            else compacted.config[key] == HAND[preset].get(key, "UNetMidBlock2DCrossAttn")
-        )
+    expected = HAND[preset]
+    for key in ("block_out_channels", "down_block_types", "up_block_types"):
+        assert list(compacted.config[key]) == list(expected[key])
+    assert compacted.config["mid_block_type"] == expected.get("mid_block_type", "UNetMidBlock2DCrossAttn")
 
 
 @pytest.mark.parametrize("preset", ["bk-base", "bk-small", "bk-tiny"])
