@@ -164,3 +164,12 @@ def tiny_unet_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("unet") / "tiny-unet"
     tiny_unet(TINY_SD).save_pretrained(path)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

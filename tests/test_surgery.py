@@ -152,3 +152,34 @@ def test_unknown_skip_mode(sd_unet):
     with pytest.raises(ValueError, match="skip_mode"):
         with taken_out(sd_unet, [], skip_mode="cut"):
             pass
+
+
+def test_unet2dmodel_units_come_out_and_mid_removal_exports():
+    from diffusers import UNet2DModel
+
+    from prune_lab.export import build_student
+    from prune_lab.presets import create_plan
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=8,
+    ).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        base = unet(x, 10).sample
+        for unit in walk(unet):
+            with taken_out(unet, [unit.name]):
+                out = unet(x, 10).sample
+            assert out.shape == base.shape and not torch.equal(out, base), unit.name
+        compacted = build_student(unet, create_plan(unet, "mid-removal", source="tiny-ldm"))
+        with taken_out(unet, ["mid_block"]):
+            assert torch.equal(compacted.student(x, 10).sample, unet(x, 10).sample)
+    assert compacted.expressible and compacted.student.mid_block is None
