@@ -66,19 +66,19 @@ def unit_map(student: nn.Module) -> dict[str, str]:
     return out
 
 
-def _kept_attention(block: nn.Module, j: int, slot: Slot) -> nn.Module:
-    attn = block.attentions[j]
-    if hasattr(attn, "transformer_blocks"):
-        keep = [int(n.rsplit(".", 1)[1]) for n in slot.layers]
-        attn.transformer_blocks = nn.ModuleList([attn.transformer_blocks[k] for k in keep])
-    return attn
+def _keep_or_substitute(module: nn.Module, unit, kept: bool, layers: list[str] = ()) -> nn.Module:
+    """`module` itself (keeping only the transformer `layers` named) or its parameter-free substitute."""
+    if not kept:
+        return substitute_for(module, unit.in_channels, unit.out_channels)
+    if hasattr(module, "transformer_blocks"):
+        keep = [int(n.rsplit(".", 1)[1]) for n in layers]
+        module.transformer_blocks = nn.ModuleList([module.transformer_blocks[k] for k in keep])
+    return module
 
 
 def _compact_resnet(block: nn.Module, j: int, slot: Slot, graph) -> nn.Module:
     unit = graph[slot.resnet]
-    resnet = (
-        block.resnets[j] if slot.resnet_kept else substitute_for(block.resnets[j], unit.in_channels, unit.out_channels)
-    )
+    resnet = _keep_or_substitute(block.resnets[j], unit, slot.resnet_kept)
     if slot.skip_mode in ("keep", "gone", None) or slot.skip is None:
         return resnet
     prev = unit.in_channels - graph[slot.skip].out_channels
@@ -99,12 +99,8 @@ def _compact_stage(model: nn.Module, stage: StagePlan, graph) -> None:
             continue
         resnets.append(_compact_resnet(block, j, slot, graph))
         if slot.attention is not None:
-            attn_unit = graph[slot.attention]
-            attentions.append(
-                _kept_attention(block, j, slot)
-                if slot.attention_kept
-                else substitute_for(block.attentions[j], attn_unit.in_channels, attn_unit.out_channels)
-            )
+            attn = block.attentions[j]
+            attentions.append(_keep_or_substitute(attn, graph[slot.attention], slot.attention_kept, slot.layers))
     block.resnets = nn.ModuleList(resnets)
     if getattr(block, "attentions", None) is not None:
         block.attentions = nn.ModuleList(attentions)
@@ -118,13 +114,7 @@ def _compact_mid(model: nn.Module, mid: StagePlan, graph) -> None:
     members = {s.resnet: s for s in mid.slots}
 
     def pick(name: str, module: nn.Module) -> nn.Module:
-        slot, unit = members[name], graph[name]
-        if not slot.resnet_kept:
-            return substitute_for(module, unit.in_channels, unit.out_channels)
-        if hasattr(module, "transformer_blocks"):
-            keep = [int(n.rsplit(".", 1)[1]) for n in slot.layers]
-            module.transformer_blocks = nn.ModuleList([module.transformer_blocks[k] for k in keep])
-        return module
+        return _keep_or_substitute(module, graph[name], members[name].resnet_kept, members[name].layers)
 
     resnets = [pick("mid_block.resnets.0", block.resnets[0])]
     attentions = []

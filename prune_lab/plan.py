@@ -102,7 +102,10 @@ class Plan:
 
 @dataclass
 class Slot:
-    """One resnet (+ attention) position of a stage, with its fate under a plan."""
+    """One resnet (+ attention) position of a stage, with its fate under a plan.
+
+    In the mid stage every member (resnet or attention block) is a slot of its own, named in `resnet`.
+    """
 
     resnet: str
     attention: str | None
