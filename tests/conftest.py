@@ -61,6 +61,27 @@ def tiny_unet(config: dict = TINY_SD, seed: int = 0):
     return unet
 
 
+#: An unconditional pixel-space UNet2DModel (LDM-style blocks with self-attention) at toy width.
+TINY_LDM = dict(
+    sample_size=16,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(16, 32),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=1,
+    norm_num_groups=8,
+    attention_head_dim=8,
+)
+
+
+def tiny_ldm_unet(seed: int = 0):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(**TINY_LDM).eval()
+
+
 def unet_inputs(unet, batch: int = 2, seed: int = 0) -> dict:
     """Deterministic inputs for `unet.forward` (SDXL's added conditions included)."""
     g = torch.Generator().manual_seed(seed)

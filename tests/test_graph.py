@@ -2,8 +2,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import run_unet, unet_inputs
-from diffusers import UNet2DModel
+from conftest import run_unet, tiny_ldm_unet, unet_inputs
 
 from prune_lab.graph import walk
 from prune_lab.models import ARCHITECTURES, build_architecture
@@ -132,18 +131,7 @@ def test_sd_v1_total_params_is_the_published_859_5M():
 
 
 def test_unet2dmodel_walks():
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-        attention_head_dim=8,
-    )
+    unet = tiny_ldm_unet()
     graph = walk(unet)
     assert kinds(graph) == {"resnet": 2 + 2 + 4, "attention": 1 + 1 + 2, "skip": 4, "stage": 4, "mid": 1}
     assert graph["down_blocks.1.attentions.0"].in_channels == 32

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import run_unet, unet_inputs
+from conftest import run_unet, tiny_ldm_unet, unet_inputs
 
 from prune_lab.graph import walk
 from prune_lab.surgery import ChannelInterpolation, drop_skip_channels, expand_removal, interpolate_channels, taken_out
@@ -155,23 +155,10 @@ def test_unknown_skip_mode(sd_unet):
 
 
 def test_unet2dmodel_units_come_out_and_mid_removal_exports():
-    from diffusers import UNet2DModel
-
     from prune_lab.export import build_student
     from prune_lab.presets import create_plan
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-        attention_head_dim=8,
-    ).eval()
+    unet = tiny_ldm_unet()
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         base = unet(x, 10).sample
