@@ -1,0 +1,117 @@
+"""`prunelab report`: parameters, MACs and latency of a U-Net, a plan's student, or several side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pandas as pd
+
+from ..models import load_unet
+from ..plan import Plan
+from ..presets import create_plan, list_presets
+from ..report import LatencySettings, compare, comparison_frame, report
+from ..report.latency import DTYPES, TARGETS
+from ..report.summary import DEFAULT_STEPS
+from .formatting import FORMATS, render
+
+_CONVENTION = ("thop convention: zero inputs, batch 1, latent = resolution / {factor} ({latent}x{latent}), 77 text "
+               "tokens, one denoising step; whole = text encoder + U-Net x {steps} + VAE decoder; "
+               "*_with_attention adds the attention-score matmuls thop does not count")
+
+
+def _latency_settings(args: argparse.Namespace) -> LatencySettings | None:
+    if not args.latency:
+        return None
+    return LatencySettings(device=args.device, dtype=args.dtype, runs=args.runs, warmup=args.warmup,
+                           target=args.latency_of, progress=True)
+
+
+def _reports(args: argparse.Namespace) -> list:
+    loaded = load_unet(args.model, meta=True)
+    kwargs = dict(resolution=args.resolution, steps=args.steps, per_unit=args.per_unit,
+                  latency=_latency_settings(args))
+    if args.compare:
+        return compare(loaded, args.compare, **kwargs)
+    if args.keep:
+        return [report(loaded, plan=Plan.load(args.keep), variant=args.keep, **kwargs)]
+    if args.preset:
+        return [report(loaded, plan=create_plan(loaded.unet, args.preset, source=args.model), **kwargs)]
+    return [report(loaded, **kwargs)]
+
+
+def _cell(value, pct, first: bool) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    if isinstance(value, float):
+        text = f"{value:,.2f}"
+    else:
+        text = str(value)
+    return text if first or pct is None or pd.isna(pct) else f"{text} ({pct:+.1f}%)"
+
+
+def paper_view(df: pd.DataFrame) -> pd.DataFrame:
+    """Metrics as rows, one column per variant, `value (change vs the first)`: BK-SDM Table 2 laid out."""
+    metrics = [c for c in df.columns if not c.endswith("_change_pct") and c not in ("model", "variant")]
+    rows = []
+    for metric in metrics:
+        row = {"metric": metric}
+        for i, (_, r) in enumerate(df.iterrows()):
+            row[str(r["variant"])] = _cell(r[metric], r.get(f"{metric}_change_pct"), i == 0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _units(reports: list) -> pd.DataFrame:
+    return pd.concat([r.units.assign(variant=r.variant) for r in reports], ignore_index=True)
+
+
+def _print_text(reports: list, args: argparse.Namespace) -> None:
+    first = reports[0]
+    if args.format == "table":
+        print(_CONVENTION.format(factor=first.resolution // first.latent, latent=first.latent, steps=first.steps))
+    frame = comparison_frame(reports)
+    print(render(paper_view(frame) if args.format != "csv" else frame, args.format))
+    if not args.per_unit:
+        return
+    for r in reports if args.format != "csv" else []:
+        print(f"\nper unit: {r.model} {r.variant} (top-level units + other = whole)")
+        print(render(r.units.drop(columns=["params", "macs", "attention_macs", "macs_with_attention"])
+                     .astype(object).fillna(""),
+                     args.format))
+    if args.format == "csv":
+        print()
+        print(render(_units(reports), "csv"))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    reports = _reports(args)
+    if args.format == "json":
+        records = [r.to_dict() for r in reports]
+        print(json.dumps(records[0] if len(records) == 1 else records, indent=2))
+    else:
+        _print_text(reports, args)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="parameters, MACs (thop and attention-inclusive) and latency")
+    p.add_argument("--model", required=True,
+                   help="built-in (sd-v1, sd-v2-base, sd-v2, sdxl), pipeline or U-Net folder, or hub id")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--keep", help="report the student of this plan.json")
+    what.add_argument("--preset", help=f"report the student of a preset: {', '.join(list_presets())}")
+    what.add_argument("--compare", nargs="+", metavar="PRESET_OR_PLAN",
+                      help="the model, then these presets / plan files, side by side with %% change")
+    p.add_argument("--resolution", type=int, help="image side in pixels (default: the model's, e.g. 512 for sd-v1)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps of a whole generation")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--per-unit", action="store_true", help="params and MACs of every unit (one profiled forward)")
+    p.add_argument("--latency", action="store_true", help="also time the model (needs real compute)")
+    p.add_argument("--device", default="cpu", help="latency device: cpu or cuda")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="latency dtype")
+    p.add_argument("--runs", type=int, default=10, help="timed runs (after the warm-up)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
+    p.add_argument("--latency-of", choices=TARGETS, default="step",
+                   help="time one U-Net step, or whole generations (text encoder + steps x U-Net + VAE decoder)")
+    p.set_defaults(func=cmd_report)
