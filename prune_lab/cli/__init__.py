@@ -14,6 +14,7 @@ import sys
 COMMANDS = (
     "prune_lab.cli.structure",
     "prune_lab.cli.report",
+    "prune_lab.cli.evaluate",
     "prune_lab.cli.distill",
 )
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
