@@ -198,6 +198,8 @@ class Evaluator:
             record.pop(key)
         if self._reference is not None:
             record["real_count"] = self._reference.count
+        if self.settings.clip_checkpoint or self.settings.clip_model.startswith(("local-dir:", "hf-hub:")):
+            record["clip_pretrained"] = None  # the weights came from elsewhere
         return record
 
     def evaluate(self, folder: str | os.PathLike, prompts: pd.DataFrame | None = None,
@@ -209,9 +211,10 @@ class Evaluator:
         folder = Path(folder)
         files = paired_images(folder, prompts) if prompts is not None else list_images(folder)
         texts = prompts["text"].tolist() if prompts is not None else None
+        networks = {name: self.network(name) for name in s.metrics}  # missing weights fail before any work
         values: dict[str, float] = {}
         for name in s.metrics:
-            values.update(METRICS[name].score(self, self.network(name), files, texts))
+            values.update(METRICS[name].score(self, networks[name], files, texts))
         generation = _read_generation(folder)
         return {"images": str(folder), "num_images": len(files), "prompts": prompts_path,
                 "model": (generation or {}).get("model"), "fid": values.get("fid"), "is_mean": values.get("is_mean"),
