@@ -12,7 +12,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from prune_lab.distill.data import ImageTextFolder, LatentCache, collate, flip_for, write_latent_cache
-from prune_lab.distill.encoders import FrozenEncoders, load_encoders
+from prune_lab.distill.encoders import FrozenEncoders, SDXLConditioner, load_encoders
 from prune_lab.distill.features import FeaturePoint, FeatureTap, feature_pairs
 from prune_lab.distill.losses import DistillationLoss, FeatureLoss, regression_target
 from prune_lab.distill.step import DistillStep, step_generator
@@ -291,3 +291,62 @@ def test_thirty_steps_on_a_fixed_batch_lower_the_kd_loss(tiny_pipeline_dir, imag
         kd.append(float((terms.out + terms.feat).detach()))
     assert kd[-1] < 0.5 * kd[0]
     assert all(np.isfinite(kd))
+
+
+# ---------------------------------------------------------------------------------------------------- SDXL
+@pytest.fixture(scope="module")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A complete tiny SDXL pipeline: two text encoders (16 + 16 = cross_attention_dim 32), pooled projection 32."""
+    from conftest import byte_tokenizer
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tokenizer = byte_tokenizer()
+    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=8, sample_size=32)
+    encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=32))
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+                                     text_encoder_2=encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
+                                     unet=tiny_unet(TINY_SDXL), scheduler=EulerDiscreteScheduler())
+    path = tmp_path_factory.mktemp("sdxl") / "tiny-sdxl"
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_sdxl_conditioning_from_images_and_from_the_cache(tiny_sdxl_dir, image_folder, tmp_path):
+    encoders = load_encoders(tiny_sdxl_dir)
+    assert isinstance(encoders.conditioner, SDXLConditioner)
+    images = ImageTextFolder(image_folder, resolution=32, seed=1)
+    batch = _image_batch(images, [(0, 0), (0, 1)])
+    cond = encoders.condition(batch)
+    assert cond["encoder_hidden_states"].shape == (2, 77, 32) and cond["text_embeds"].shape == (2, 32)
+    # 40x36 images: smaller edge 36 -> 32 makes them 35x32, center crop top 1, left 0; target 32x32
+    assert cond["time_ids"].tolist() == [[40, 36, 1, 0, 32, 32]] * 2
+
+    teacher = tiny_unet(TINY_SDXL)
+    compacted = build_student(teacher, create_plan(teacher, "ssd-1b", source="tiny"))
+    pairs = feature_pairs(teacher, compacted.student, compacted.resolution, unit_map(compacted.student), "units")
+    scheduler = DDPMScheduler.from_pretrained(tiny_sdxl_dir / "scheduler")
+    on_the_fly = DistillStep(teacher, compacted.student, encoders, scheduler, DistillationLoss(), pairs)(
+        batch, step_generator(0, 1))
+    write_latent_cache(encoders, image_folder, tmp_path / "cache", resolution=32, dtype=torch.float32)
+    cache = LatentCache(tmp_path / "cache", seed=1)
+    assert cache.meta["cond"] == ["encoder_hidden_states", "text_embeds", "time_ids"]
+    from_cache = DistillStep(teacher, compacted.student, FrozenEncoders(None, None, encoders.scaling_factor),
+                             scheduler, DistillationLoss(), pairs)(collate([cache[(0, 0)], cache[(0, 1)]]),
+                                                                    step_generator(0, 1))
+    torch.testing.assert_close(from_cache.total, on_the_fly.total, rtol=1e-5, atol=1e-6)
+
+
+def test_random_init_is_seeded_and_leaves_the_teacher_weights():
+    from prune_lab.distill.recipe import reinitialize
+
+    a, b, teacher = tiny_unet(TINY_SD), tiny_unet(TINY_SD), tiny_unet(TINY_SD)
+    reinitialize(a, seed=3)
+    reinitialize(b, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.conv_in.weight, teacher.conv_in.weight)

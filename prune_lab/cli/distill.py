@@ -43,18 +43,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_cache_latents(args: argparse.Namespace) -> int:
     from ..distill.data import write_latent_cache
     from ..distill.encoders import load_encoders
-    from ..models import load_unet
 
-    loaded = load_unet(args.model, meta=True)
-    if not loaded.is_pipeline:
-        raise ValueError(f"{args.model} is not a pipeline folder; the cache needs its VAE and text encoder(s)")
+    root = Path(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    encoders = load_encoders(loaded.root, dtype=dtype, device=device)
+    encoders = load_encoders(root, dtype=dtype, device=device)  # raises unless `root` is a pipeline folder
     summary = write_latent_cache(encoders, args.data, args.out, resolution=args.resolution,
                                  batch_size=args.batch_size, shard_size=args.shard_size,
                                  dtype=CACHE_DTYPES[args.dtype], flip=not args.no_flip, source=str(args.model),
-                                 scheduler_dir=loaded.root / "scheduler", num_workers=args.num_workers,
+                                 scheduler_dir=root / "scheduler", num_workers=args.num_workers,
                                  overwrite=args.overwrite, progress=True)
     print(f"wrote {summary.count} samples in {summary.shards} shard(s) to {summary.out_dir}"
           + (f" ({summary.resumed_shards} shard(s) kept from an earlier run)" if summary.resumed_shards else ""))
@@ -83,7 +80,8 @@ def _distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", action="store_true", default=None, help="keep EMA weights and export them")
     p.add_argument("--ema-decay", type=float, help="default 0.9999")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints, 0 = only none (default 1000)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="steps between checkpoints (and one at the end); 0 = none (default 1000)")
     p.add_argument("--checkpoints-limit", type=int, help="keep only the newest N checkpoints")
     p.add_argument("--resume", help="`latest` (or a fresh start when there is none) or a checkpoint folder")
     p.add_argument("--seed", type=int)

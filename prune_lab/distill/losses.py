@@ -113,7 +113,7 @@ class DistillationLoss(nn.Module):
     def __init__(self, lambda_task: float = 1.0, lambda_out: float = 1.0, lambda_feat: float = 1.0) -> None:
         super().__init__()
         for name, value in (("lambda_task", lambda_task), ("lambda_out", lambda_out), ("lambda_feat", lambda_feat)):
-            if value < 0:
+            if not value >= 0:  # also rejects NaN
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.lambda_task, self.lambda_out, self.lambda_feat = lambda_task, lambda_out, lambda_feat
         self.features = FeatureLoss()

@@ -99,8 +99,11 @@ class DistillConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.lr <= 0:
+        if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        for name in ("lambda_task", "lambda_out", "lambda_feat"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}")
         if self.feature_layers not in (*FEATURE_LAYERS, "none"):
@@ -157,13 +160,14 @@ class DistillRecipe:
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
-        if self.out.exists() and any(self.out.iterdir()) and cfg.resume is None:
-            raise FileExistsError(f"{self.out} is not empty; pass --resume latest to continue that run, or another "
-                                  "--out")
         plugin = GradientAccumulationPlugin(num_steps=cfg.grad_accum, sync_with_dataloader=False)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_plugin=plugin,
                                        log_with=cfg.report_to, project_config=ProjectConfiguration(
                                            project_dir=str(self.out), logging_dir=str(self.out / "logs")))
+        if self.out.exists() and any(self.out.iterdir()) and cfg.resume is None:
+            raise FileExistsError(f"{self.out} is not empty; pass --resume latest to continue that run, or another "
+                                  "--out")
+        self.accelerator.wait_for_everyone()  # every process has checked before anything is written
         self.dtype = MIXED_PRECISION[self.accelerator.mixed_precision]
         self._setup_models()
         self._setup_data()
@@ -238,8 +242,8 @@ class DistillRecipe:
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
         loss = DistillationLoss(cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat)
-        self.pairs = feature_pairs(self.teacher, self.unwrapped, self.bundle.resolution, self.bundle.unit_map,
-                                   cfg.feature_layers)
+        layers = cfg.feature_layers if cfg.lambda_feat > 0 else "none"  # no hooks when the term is off
+        self.pairs = feature_pairs(self.teacher, self.unwrapped, self.bundle.resolution, self.bundle.unit_map, layers)
         self.kd = DistillStep(self.teacher, self.student, self.encoders, self.scheduler, loss, self.pairs,
                               unwrapped_student=self.unwrapped, autocast=self.accelerator.autocast)
 
