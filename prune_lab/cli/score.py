@@ -117,7 +117,11 @@ def _inputs(args: argparse.Namespace, loaded, graph, needs: set[str]) -> tuple[S
         if args.save_calib:
             save_calibration(calib, args.save_calib)
         batches = denoising_batches(
-            calib, noise_scheduler(pipe), timesteps=args.timesteps, batch_size=args.batch_size, seed=args.seed
+            calib,
+            noise_scheduler(pipe if pipe is not None else loaded.root),
+            timesteps=args.timesteps,
+            batch_size=args.batch_size,
+            seed=args.seed,
         )
         source = calib.source
     prompts = read_prompts(args.prompts)[: args.samples] if "pipeline" in needs and args.prompts else None

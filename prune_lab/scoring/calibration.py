@@ -274,12 +274,19 @@ def _check_fits(calib: Calibration, unet: nn.Module, path: Path) -> None:
         raise ValueError(f"{path} does not match the model's added conditions (SDXL text_time); write a new cache")
 
 
-def noise_scheduler(pipe=None):
-    """The training noise schedule: the pipeline's scheduler config as DDPM, else SD's scaled-linear schedule."""
+def noise_scheduler(source=None):
+    """The training noise schedule, as a DDPM scheduler.
+
+    Args:
+        source: a pipeline (its scheduler's config), a pipeline folder (its `scheduler/` config), or None for
+            SD's scaled-linear schedule (1000 steps, betas 0.00085 to 0.012).
+    """
     from diffusers import DDPMScheduler
 
-    if pipe is not None:
-        return DDPMScheduler.from_config(pipe.scheduler.config)
+    if hasattr(source, "scheduler"):
+        return DDPMScheduler.from_config(source.scheduler.config)
+    if source is not None and (Path(source) / "scheduler").is_dir():
+        return DDPMScheduler.from_pretrained(source, subfolder="scheduler")
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
 

@@ -115,6 +115,7 @@ def _series(tables: list[tuple[str, pd.DataFrame]]) -> dict[str, pd.Series]:
     for source, df in tables:
         for criterion, part in df.groupby("criterion", sort=False):
             key = f"{source}:{criterion}" if len(tables) > 1 else str(criterion)
+            key = next(k for k in (key, *(f"{key}#{n}" for n in range(2, len(tables) + 2))) if k not in out)
             out[key] = part.set_index("name")["importance"].astype(float)
     return out
 

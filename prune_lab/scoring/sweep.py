@@ -166,6 +166,6 @@ def run_sweep(
     if not state.is_main_process:
         return None
     table = build_table(units, log.load(), [(c.name, c.metric) for c in found], macs)
-    write_scores(table, out, {"criteria": list(criteria), **log.header["settings"]})
+    write_scores(table, out, {"criteria": list(criteria), "processes": state.num_processes, **log.header["settings"]})
     log.clear()
     return table
