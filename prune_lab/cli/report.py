@@ -15,22 +15,26 @@ from ..report.latency import DTYPES, TARGETS
 from ..report.summary import DEFAULT_STEPS
 from .formatting import FORMATS, render
 
-_CONVENTION = ("thop convention: zero inputs, batch 1, latent = resolution / {factor} ({latent}x{latent}), 77 text "
-               "tokens, one denoising step; whole = text encoder + U-Net x {steps} + VAE decoder; "
-               "*_with_attention adds the attention-score matmuls thop does not count")
+_CONVENTION = (
+    "thop convention: zero inputs, batch 1, latent = resolution / {factor} ({latent}x{latent}), 77 text "
+    "tokens, one denoising step; whole = text encoder + U-Net x {steps} + VAE decoder; "
+    "*_with_attention adds the attention-score matmuls thop does not count"
+)
 
 
 def _latency_settings(args: argparse.Namespace) -> LatencySettings | None:
     if not args.latency:
         return None
-    return LatencySettings(device=args.device, dtype=args.dtype, runs=args.runs, warmup=args.warmup,
-                           target=args.latency_of, progress=True)
+    return LatencySettings(
+        device=args.device, dtype=args.dtype, runs=args.runs, warmup=args.warmup, target=args.latency_of, progress=True
+    )
 
 
 def _reports(args: argparse.Namespace) -> list:
     loaded = load_unet(args.model, meta=True)
-    kwargs = dict(resolution=args.resolution, steps=args.steps, per_unit=args.per_unit,
-                  latency=_latency_settings(args))
+    kwargs = dict(
+        resolution=args.resolution, steps=args.steps, per_unit=args.per_unit, latency=_latency_settings(args)
+    )
     if args.compare:
         return compare(loaded, args.compare, **kwargs)
     if args.keep:
@@ -76,9 +80,14 @@ def _print_text(reports: list, args: argparse.Namespace) -> None:
         return
     for r in reports if args.format != "csv" else []:
         print(f"\nper unit: {r.model} {r.variant} (top-level units + other = whole)")
-        print(render(r.units.drop(columns=["params", "macs", "attention_macs", "macs_with_attention"])
-                     .astype(object).fillna(""),
-                     args.format))
+        print(
+            render(
+                r.units.drop(columns=["params", "macs", "attention_macs", "macs_with_attention"])
+                .astype(object)
+                .fillna(""),
+                args.format,
+            )
+        )
     if args.format == "csv":
         print()
         print(render(_units(reports), "csv"))
@@ -96,13 +105,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="parameters, MACs (thop and attention-inclusive) and latency")
-    p.add_argument("--model", required=True,
-                   help="built-in (sd-v1, sd-v2-base, sd-v2, sdxl), pipeline or U-Net folder, or hub id")
+    p.add_argument(
+        "--model", required=True, help="built-in (sd-v1, sd-v2-base, sd-v2, sdxl), pipeline or U-Net folder, or hub id"
+    )
     what = p.add_mutually_exclusive_group()
     what.add_argument("--keep", help="report the student of this plan.json")
     what.add_argument("--preset", help=f"report the student of a preset: {', '.join(list_presets())}")
-    what.add_argument("--compare", nargs="+", metavar="PRESET_OR_PLAN",
-                      help="the model, then these presets / plan files, side by side with %% change")
+    what.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="PRESET_OR_PLAN",
+        help="the model, then these presets / plan files, side by side with %% change",
+    )
     p.add_argument("--resolution", type=int, help="image side in pixels (default: the model's, e.g. 512 for sd-v1)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps of a whole generation")
     p.add_argument("--format", choices=FORMATS, default="table")
@@ -112,6 +126,10 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="latency dtype")
     p.add_argument("--runs", type=int, default=10, help="timed runs (after the warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
-    p.add_argument("--latency-of", choices=TARGETS, default="step",
-                   help="time one U-Net step, or whole generations (text encoder + steps x U-Net + VAE decoder)")
+    p.add_argument(
+        "--latency-of",
+        choices=TARGETS,
+        default="step",
+        help="time one U-Net step, or whole generations (text encoder + steps x U-Net + VAE decoder)",
+    )
     p.set_defaults(func=cmd_report)

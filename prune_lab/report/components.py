@@ -61,17 +61,52 @@ class ComponentSpec:
         return getattr(importlib.import_module(self.library), self.class_name)
 
 
-_CLIP_TEXT = dict(vocab_size=49408, max_position_embeddings=TEXT_TOKENS, bos_token_id=0, eos_token_id=2,
-                  pad_token_id=1, layer_norm_eps=1e-5)
-CLIP_VIT_L = dict(_CLIP_TEXT, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                  hidden_act="quick_gelu", projection_dim=768)
-OPENCLIP_VIT_H = dict(_CLIP_TEXT, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-                      num_attention_heads=16, hidden_act="gelu", projection_dim=512)
-OPENCLIP_VIT_BIGG = dict(_CLIP_TEXT, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                         num_attention_heads=20, hidden_act="gelu", projection_dim=1280)
-SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-              layers_per_block=2, norm_num_groups=32, act_fn="silu")
+_CLIP_TEXT = dict(
+    vocab_size=49408,
+    max_position_embeddings=TEXT_TOKENS,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+    layer_norm_eps=1e-5,
+)
+CLIP_VIT_L = dict(
+    _CLIP_TEXT,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+OPENCLIP_VIT_H = dict(
+    _CLIP_TEXT,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    hidden_act="gelu",
+    projection_dim=512,
+)
+OPENCLIP_VIT_BIGG = dict(
+    _CLIP_TEXT,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
+SD_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    act_fn="silu",
+)
 
 
 def _text(role: str, config: dict, cls: str = "CLIPTextModel") -> ComponentSpec:
@@ -79,8 +114,9 @@ def _text(role: str, config: dict, cls: str = "CLIPTextModel") -> ComponentSpec:
 
 
 def _vae(sample_size: int, scaling_factor: float = 0.18215) -> ComponentSpec:
-    return ComponentSpec(VAE_ROLE, "diffusers", "AutoencoderKL",
-                         dict(SD_VAE, sample_size=sample_size, scaling_factor=scaling_factor))
+    return ComponentSpec(
+        VAE_ROLE, "diffusers", "AutoencoderKL", dict(SD_VAE, sample_size=sample_size, scaling_factor=scaling_factor)
+    )
 
 
 #: Public text-encoder and VAE configs of the built-in architectures (same keys as `models.ARCHITECTURES`).
@@ -88,8 +124,11 @@ BUILTIN_COMPONENTS: dict[str, tuple[ComponentSpec, ...]] = {
     "sd-v1": (_text("text_encoder", CLIP_VIT_L), _vae(512)),
     "sd-v2-base": (_text("text_encoder", OPENCLIP_VIT_H), _vae(512)),
     "sd-v2": (_text("text_encoder", OPENCLIP_VIT_H), _vae(768)),
-    "sdxl": (_text("text_encoder", CLIP_VIT_L),
-             _text("text_encoder_2", OPENCLIP_VIT_BIGG, "CLIPTextModelWithProjection"), _vae(1024, 0.13025)),
+    "sdxl": (
+        _text("text_encoder", CLIP_VIT_L),
+        _text("text_encoder_2", OPENCLIP_VIT_BIGG, "CLIPTextModelWithProjection"),
+        _vae(1024, 0.13025),
+    ),
 }
 
 

@@ -52,9 +52,13 @@ def _baddbmm_macs(bias, a, b, *args, **kwargs) -> int:
 #: Torch functions whose MACs are activation x activation products (the attention matmuls), with their counts.
 ATTENTION_RULES: dict[Callable, Callable[..., int]] = {
     F.scaled_dot_product_attention: _sdpa_macs,
-    torch.bmm: _matmul_macs, torch.Tensor.bmm: _matmul_macs,
-    torch.matmul: _matmul_macs, torch.Tensor.matmul: _matmul_macs, torch.Tensor.__matmul__: _matmul_macs,
-    torch.baddbmm: _baddbmm_macs, torch.Tensor.baddbmm: _baddbmm_macs,
+    torch.bmm: _matmul_macs,
+    torch.Tensor.bmm: _matmul_macs,
+    torch.matmul: _matmul_macs,
+    torch.Tensor.matmul: _matmul_macs,
+    torch.Tensor.__matmul__: _matmul_macs,
+    torch.baddbmm: _baddbmm_macs,
+    torch.Tensor.baddbmm: _baddbmm_macs,
 }
 
 
@@ -155,8 +159,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, int]:
 
 def _strip(names: dict[str, int], prefix: str) -> dict[str, int]:
     """Keys relative to the profiled module (`prefix` itself becomes `""`)."""
-    return {k[len(prefix) + 1:] if k != prefix else "": v for k, v in names.items()
-            if k == prefix or k.startswith(prefix + ".")}
+    return {
+        k[len(prefix) + 1 :] if k != prefix else "": v
+        for k, v in names.items()
+        if k == prefix or k.startswith(prefix + ".")
+    }
 
 
 def _drop_thop_buffers(model: nn.Module, before: set[int]) -> None:
@@ -165,8 +172,6 @@ def _drop_thop_buffers(model: nn.Module, before: set[int]) -> None:
         if id(module) not in before:
             for key in _THOP_BUFFERS:
                 module._buffers.pop(key, None)
-
-
 
 
 def profile_call(module: nn.Module, fn: Callable, *args: torch.Tensor) -> Profile:

@@ -82,10 +82,17 @@ class Latency:
         return q[2] - q[0]
 
     def to_dict(self) -> dict:
-        return {"latency_target": self.target, "latency_device": self.device, "latency_dtype": self.dtype,
-                "latency_runs": len(self.times_ms), "latency_warmup": self.warmup,
-                "latency_median_ms": round(self.median_ms, 3), "latency_iqr_ms": round(self.iqr_ms, 3),
-                "latency_min_ms": round(min(self.times_ms), 3), "latency_max_ms": round(max(self.times_ms), 3)}
+        return {
+            "latency_target": self.target,
+            "latency_device": self.device,
+            "latency_dtype": self.dtype,
+            "latency_runs": len(self.times_ms),
+            "latency_warmup": self.warmup,
+            "latency_median_ms": round(self.median_ms, 3),
+            "latency_iqr_ms": round(self.iqr_ms, 3),
+            "latency_min_ms": round(min(self.times_ms), 3),
+            "latency_max_ms": round(max(self.times_ms), 3),
+        }
 
 
 def _sync(device: torch.device) -> None:

@@ -94,17 +94,27 @@ class Report:
     def to_dict(self) -> dict:
         """Flat JSON-ready dict: raw counts (`*_params`, `*_macs`), then units and latency if present."""
         u = self.unet
-        out = {"model": self.model, "variant": self.variant, "resolution": self.resolution, "latent": self.latent,
-               "steps": self.steps, "unet_params": u.params, "unet_macs": u.macs,
-               "unet_attention_macs": u.attention_macs, "unet_macs_with_attention": u.macs_with_attention,
-               "unet_macs_total": u.macs * self.steps,
-               "unet_macs_with_attention_total": u.macs_with_attention * self.steps,
-               "text_encoder_params": self.text_encoder_params, "text_encoder_macs": self.text_encoder_macs,
-               "vae_decoder_params": self.vae_decoder_params, "vae_decoder_macs": self.vae_decoder_macs,
-               "whole_params": self._whole(u.params, "params", per_step=False),
-               "whole_macs": self._whole(u.macs, "macs", per_step=True),
-               "whole_macs_with_attention": self._whole(u.macs_with_attention, "macs_with_attention", per_step=True),
-               "expressible": self.expressible}
+        out = {
+            "model": self.model,
+            "variant": self.variant,
+            "resolution": self.resolution,
+            "latent": self.latent,
+            "steps": self.steps,
+            "unet_params": u.params,
+            "unet_macs": u.macs,
+            "unet_attention_macs": u.attention_macs,
+            "unet_macs_with_attention": u.macs_with_attention,
+            "unet_macs_total": u.macs * self.steps,
+            "unet_macs_with_attention_total": u.macs_with_attention * self.steps,
+            "text_encoder_params": self.text_encoder_params,
+            "text_encoder_macs": self.text_encoder_macs,
+            "vae_decoder_params": self.vae_decoder_params,
+            "vae_decoder_macs": self.vae_decoder_macs,
+            "whole_params": self._whole(u.params, "params", per_step=False),
+            "whole_macs": self._whole(u.macs, "macs", per_step=True),
+            "whole_macs_with_attention": self._whole(u.macs_with_attention, "macs_with_attention", per_step=True),
+            "expressible": self.expressible,
+        }
         if self.latency is not None:
             out.update(self.latency.to_dict())
         if self.units is not None:
@@ -154,8 +164,9 @@ def _real_components(specs, latent: int, settings: LatencySettings) -> list[tupl
     return parts
 
 
-def measure_latency(unet: nn.Module, specs: tuple[ComponentSpec, ...], latent: int, steps: int,
-                    settings: LatencySettings) -> Latency:
+def measure_latency(
+    unet: nn.Module, specs: tuple[ComponentSpec, ...], latent: int, steps: int, settings: LatencySettings
+) -> Latency:
     """Time one U-Net step, or whole generations: text encoder(s), `steps` U-Net steps, VAE decoder.
 
     The scheduler update between steps is not timed (a few element-wise operations); U-Net inputs are the
@@ -164,8 +175,13 @@ def measure_latency(unet: nn.Module, specs: tuple[ComponentSpec, ...], latent: i
     real = materialise(unet, settings)
     fn, args = unet_call(real, latent, settings.device, settings.torch_dtype)
     if settings.target == "step":
-        return Latency("unet_step", settings.device, settings.dtype, settings.warmup,
-                       time_calls(lambda: fn(real, *args), settings))
+        return Latency(
+            "unet_step",
+            settings.device,
+            settings.dtype,
+            settings.warmup,
+            time_calls(lambda: fn(real, *args), settings),
+        )
     roles = {spec.role for spec in specs}
     if VAE_ROLE not in roles or not roles & set(TEXT_ROLES):
         raise ValueError("whole-generation latency needs the text encoder and VAE: use a pipeline or a built-in")
@@ -180,13 +196,22 @@ def measure_latency(unet: nn.Module, specs: tuple[ComponentSpec, ...], latent: i
             fn(real, *args)
         decode(vae, *z)
 
-    return Latency(f"generation_{steps}_steps", settings.device, settings.dtype, settings.warmup,
-                   time_calls(generate, settings))
+    return Latency(
+        f"generation_{steps}_steps", settings.device, settings.dtype, settings.warmup, time_calls(generate, settings)
+    )
 
 
-def report(loaded: LoadedModel, *, plan: Plan | None = None, variant: str | None = None,
-           resolution: int | None = None, steps: int = DEFAULT_STEPS, per_unit: bool = False,
-           latency: LatencySettings | None = None, components: dict[str, Profile] | None = None) -> Report:
+def report(
+    loaded: LoadedModel,
+    *,
+    plan: Plan | None = None,
+    variant: str | None = None,
+    resolution: int | None = None,
+    steps: int = DEFAULT_STEPS,
+    per_unit: bool = False,
+    latency: LatencySettings | None = None,
+    components: dict[str, Profile] | None = None,
+) -> Report:
     """Report on `loaded`'s U-Net, or on the compact student of `plan` (built with `build_student`).
 
     Args:
@@ -224,12 +249,12 @@ def report(loaded: LoadedModel, *, plan: Plan | None = None, variant: str | None
 
 def compare(loaded: LoadedModel, variants: list[str], **kwargs) -> list[Report]:
     """`loaded` itself, then the student of each variant (a preset name or a plan file); see :func:`report`."""
+    plans = [variant_plan(loaded.unet, variant, source=loaded.source) for variant in variants]  # fail early
     specs = component_specs(loaded)
     _, latent = _latent(loaded.unet, specs, kwargs.get("resolution"))
     components = profile_components(specs, latent)
     reports = [report(loaded, components=components, **kwargs)]
-    for variant in variants:
-        plan = variant_plan(loaded.unet, variant, source=loaded.source)
+    for variant, plan in zip(variants, plans):
         reports.append(report(loaded, plan=plan, variant=variant, components=components, **kwargs))
     return reports
 

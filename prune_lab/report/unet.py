@@ -18,8 +18,21 @@ from .components import TEXT_TOKENS
 from .counting import Profile
 
 OTHER = "other"
-UNIT_COLUMNS = ["name", "label", "kind", "parent", "level", "params", "macs", "attention_macs", "macs_with_attention",
-                "params_M", "macs_G", "macs_with_attention_G", "macs_pct"]
+UNIT_COLUMNS = [
+    "name",
+    "label",
+    "kind",
+    "parent",
+    "level",
+    "params",
+    "macs",
+    "attention_macs",
+    "macs_with_attention",
+    "params_M",
+    "macs_G",
+    "macs_with_attention_G",
+    "macs_pct",
+]
 
 
 def _text_width(config) -> int | None:
@@ -27,8 +40,9 @@ def _text_width(config) -> int | None:
     return width[0] if isinstance(width, (list, tuple)) else width
 
 
-def _conditional_call(unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
-                      *added: torch.Tensor) -> torch.Tensor:
+def _conditional_call(
+    unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *added: torch.Tensor
+) -> torch.Tensor:
     added_cond = {"text_embeds": added[0], "time_ids": added[1]} if added else None
     return unet(sample, timestep, text, added_cond_kwargs=added_cond, return_dict=False)[0]
 
@@ -37,8 +51,12 @@ def _unconditional_call(unet: nn.Module, sample: torch.Tensor, timestep: torch.T
     return unet(sample, timestep, return_dict=False)[0]
 
 
-def unet_call(unet: nn.Module, latent: int, device="meta", dtype: torch.dtype = torch.float32,
-              ) -> tuple[Callable, tuple[torch.Tensor, ...]]:
+def unet_call(
+    unet: nn.Module,
+    latent: int,
+    device="meta",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Callable, tuple[torch.Tensor, ...]]:
     """`(fn, args)` for one denoising step under the thop convention: `fn(unet, *args)` is the forward.
 
     Args:
@@ -67,16 +85,30 @@ def _unit_row(unit, profile: Profile) -> dict:
     module = None if unit.kind == "skip" else unit.name
     macs = profile.module_macs.get(module, 0)
     attention = profile.module_attention_macs.get(module, 0)
-    return {"name": unit.name, "label": unit.label, "kind": unit.kind, "parent": unit.parent, "level": unit.level,
-            "params": unit.params, "macs": macs, "attention_macs": attention}
+    return {
+        "name": unit.name,
+        "label": unit.label,
+        "kind": unit.kind,
+        "parent": unit.parent,
+        "level": unit.level,
+        "params": unit.params,
+        "macs": macs,
+        "attention_macs": attention,
+    }
 
 
 def _other_row(rows: list[dict], profile: Profile) -> dict:
     top = [r for r in rows if r["parent"] is None]
-    return {"name": OTHER, "label": OTHER, "kind": OTHER, "parent": None, "level": None,
-            "params": profile.params - sum(r["params"] for r in top),
-            "macs": profile.macs - sum(r["macs"] for r in top),
-            "attention_macs": profile.attention_macs - sum(r["attention_macs"] for r in top)}
+    return {
+        "name": OTHER,
+        "label": OTHER,
+        "kind": OTHER,
+        "parent": None,
+        "level": None,
+        "params": profile.params - sum(r["params"] for r in top),
+        "macs": profile.macs - sum(r["macs"] for r in top),
+        "attention_macs": profile.attention_macs - sum(r["attention_macs"] for r in top),
+    }
 
 
 def unit_table(graph: UNetGraph, profile: Profile) -> pd.DataFrame:
