@@ -69,7 +69,8 @@ class Profiled:
 
 
 def profiled(config: dict) -> Profiled:
-    unet = tiny_unet(config)
+    unet = tiny_unet(config).train()
+    unet.conv_in.eval()  # a mixed training state, to check that the report leaves it as it was
     calls = []
     handle = unet.register_forward_pre_hook(lambda *_: calls.append(1))
     result = report(as_loaded(unet), per_unit=True)
@@ -93,6 +94,7 @@ def test_unet_macs_equal_plain_thop_and_leave_the_model_untouched(sd):
     assert sd.unet.state_dict().keys() == fresh.state_dict().keys()  # thop 0.1.1 leaks buffers; we take them off
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in sd.unet.state_dict().items())
     assert not sd.unet._forward_hooks and not sd.unet.down_blocks[0].resnets[0].conv1._forward_hooks
+    assert sd.unet.training and sd.unet.conv_out.training and not sd.unet.conv_in.training
     _, args = unet_call(fresh, 16, device="cpu")
     expected, _ = thop.profile(fresh, args, verbose=False)  # BK-SDM's call: (latent, timestep, text) zeros
     assert (sd.report.resolution, sd.report.latent) == (128, 16)
@@ -256,11 +258,11 @@ def test_unet_folder_has_no_components(tiny_unet_dir):
 # ------------------------------------------------------------------------------------------- latency
 def test_latency_of_a_structure_only_model(sd_unet):
     meta = meta_copy(TINY_SD)
-    settings = LatencySettings(device="cpu", runs=3, warmup=1)
+    settings = LatencySettings(device="cpu", runs=3, warmup=1, threads=1)
     result = report(as_loaded(meta), latency=settings)
     lat = result.latency
     assert len(lat.times_ms) == 3 and min(lat.times_ms) <= lat.median_ms <= max(lat.times_ms)
-    assert (lat.device, lat.dtype, lat.target) == ("cpu", "float32", "unet_step")
+    assert (lat.device, lat.dtype, lat.target) == ("cpu (1 thread)", "float32", "unet_step")
     assert all(p.is_meta for p in meta.parameters())  # materialised on a copy
     assert result.to_dict()["latency_runs"] == 3
 

@@ -26,7 +26,13 @@ def _latency_settings(args: argparse.Namespace) -> LatencySettings | None:
     if not args.latency:
         return None
     return LatencySettings(
-        device=args.device, dtype=args.dtype, runs=args.runs, warmup=args.warmup, target=args.latency_of, progress=True
+        device=args.device,
+        dtype=args.dtype,
+        runs=args.runs,
+        warmup=args.warmup,
+        target=args.latency_of,
+        threads=args.threads,
+        progress=True,
     )
 
 
@@ -66,8 +72,15 @@ def paper_view(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _units(reports: list) -> pd.DataFrame:
-    return pd.concat([r.units.assign(variant=r.variant) for r in reports], ignore_index=True)
+def _print_units(reports: list, fmt: str) -> None:
+    if fmt == "csv":  # one machine-readable table, raw counts included
+        print()
+        print(render(pd.concat([r.units.assign(variant=r.variant) for r in reports], ignore_index=True), fmt))
+        return
+    for r in reports:
+        shown = r.units.drop(columns=["params", "macs", "attention_macs", "macs_with_attention"])
+        print(f"\nper unit: {r.model} {r.variant} (top-level units + other = whole)")
+        print(render(shown.astype(object).fillna(""), fmt))
 
 
 def _print_text(reports: list, args: argparse.Namespace) -> None:
@@ -75,22 +88,9 @@ def _print_text(reports: list, args: argparse.Namespace) -> None:
     if args.format == "table":
         print(_CONVENTION.format(factor=first.resolution // first.latent, latent=first.latent, steps=first.steps))
     frame = comparison_frame(reports)
-    print(render(paper_view(frame) if args.format != "csv" else frame, args.format))
-    if not args.per_unit:
-        return
-    for r in reports if args.format != "csv" else []:
-        print(f"\nper unit: {r.model} {r.variant} (top-level units + other = whole)")
-        print(
-            render(
-                r.units.drop(columns=["params", "macs", "attention_macs", "macs_with_attention"])
-                .astype(object)
-                .fillna(""),
-                args.format,
-            )
-        )
-    if args.format == "csv":
-        print()
-        print(render(_units(reports), "csv"))
+    print(render(frame if args.format == "csv" else paper_view(frame), args.format))
+    if args.per_unit:
+        _print_units(reports, args.format)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -126,6 +126,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="latency dtype")
     p.add_argument("--runs", type=int, default=10, help="timed runs (after the warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
+    p.add_argument("--threads", type=int, help="CPU threads while timing (default: torch's)")
     p.add_argument(
         "--latency-of",
         choices=TARGETS,

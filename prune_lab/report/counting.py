@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import thop
@@ -27,8 +28,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.module_tracker import ModuleTracker
-
-_THOP_BUFFERS = ("total_ops", "total_params")
 
 
 def _sdpa_macs(query, key, value, *args, **kwargs) -> int:
@@ -116,7 +115,7 @@ class Profile:
 
 
 class _Call(nn.Module):
-    """`forward(*args)` is `fn(module, *args)`: lets thop and the flop counter profile any entry point."""
+    """`forward(*args)` is `fn(module, *args)`: lets thop profile any entry point (`decode`, a text encoder)."""
 
     def __init__(self, module: nn.Module, fn: Callable) -> None:
         super().__init__()
@@ -166,16 +165,26 @@ def _strip(names: dict[str, int], prefix: str) -> dict[str, int]:
     }
 
 
-def _drop_thop_buffers(model: nn.Module, before: set[int]) -> None:
-    """thop 0.1.1 leaves its buffers on modules without a counting rule; take them off again."""
-    for module in model.modules():
-        if id(module) not in before:
-            for key in _THOP_BUFFERS:
-                module._buffers.pop(key, None)
+@contextmanager
+def _left_as_it_was(model: nn.Module):
+    """Undo what thop 0.1.1 does to a model: `eval()` then one `train(flag)` for the whole tree, its buffers
+    left on modules without a counting rule, and its hooks left behind when the forward fails."""
+    state = {m: (m.training, set(m._forward_hooks), set(m._buffers)) for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, (training, hooks, buffers) in state.items():
+            m.training = training
+            for key in set(m._forward_hooks) - hooks:
+                m._forward_hooks.pop(key)
+                m._forward_hooks_with_kwargs.pop(key, None)
+                m._forward_hooks_always_called.pop(key, None)
+            for key in set(m._buffers) - buffers:
+                m._buffers.pop(key)
 
 
 def profile_call(module: nn.Module, fn: Callable, *args: torch.Tensor) -> Profile:
-    """Profile `fn(module, *args)`: one forward on `meta` tensors with thop's hooks inside a flop counter.
+    """Profile `fn(module, *args)`: one forward on `meta` tensors, thop's hooks inside the attention counter.
 
     Args:
         module: the model (real, `meta` or mixed weights; it is left exactly as it was).
@@ -186,12 +195,8 @@ def profile_call(module: nn.Module, fn: Callable, *args: torch.Tensor) -> Profil
         A :class:`Profile` with totals and per-submodule MACs.
     """
     runner = _OnMeta(_Call(module, fn))
-    had_buffers = {id(m) for m in runner.modules() if any(k in m._buffers for k in _THOP_BUFFERS)}
-    try:
-        with AttentionCounter() as counter:
-            macs, _, tree = thop.profile(runner, args, verbose=False, ret_layer_info=True)
-    finally:
-        _drop_thop_buffers(runner, had_buffers)
+    with _left_as_it_was(runner), AttentionCounter() as counter:
+        macs, _, tree = thop.profile(runner, args, verbose=False, ret_layer_info=True)
     module_macs = _strip(_flatten(tree), "call.module")
     attention = _strip(dict(counter.by_module), f"{type(runner).__name__}.call.module")
     params = sum(p.numel() for p in module.parameters())

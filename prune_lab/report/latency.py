@@ -11,6 +11,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,7 @@ class LatencySettings:
         runs: timed runs (K).
         warmup: untimed runs before them.
         target: `step` (one U-Net forward) or `generation` (text encoder(s) + steps x U-Net + VAE decoder).
+        threads: CPU threads while timing (default: torch's current setting).
         progress: show a progress bar on stderr.
     """
 
@@ -39,6 +41,7 @@ class LatencySettings:
     runs: int = 10
     warmup: int = 2
     target: str = "step"
+    threads: int | None = None
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -46,6 +49,8 @@ class LatencySettings:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.target not in TARGETS:
             raise ValueError(f"unknown latency target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}")
         if self.runs < 1 or self.warmup < 0:
             raise ValueError(f"need --runs >= 1 and --warmup >= 0, got {self.runs} and {self.warmup}")
         device = torch.device(self.device)
@@ -100,6 +105,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextmanager
+def _cpu_threads(threads: int | None):
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def describe_device(device: str) -> str:
+    """`cuda:0 (NVIDIA H100 80GB HBM3)` or `cpu (2 threads)`: what the numbers were measured on."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    threads = torch.get_num_threads()
+    return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
+
+
 @torch.no_grad()
 def time_calls(fn: Callable[[], object], settings: LatencySettings) -> list[float]:
     """Run `fn` `warmup` times untimed, then `runs` times timed; milliseconds per run."""
@@ -114,6 +139,13 @@ def time_calls(fn: Callable[[], object], settings: LatencySettings) -> list[floa
         _sync(device)
         times.append(1000 * (time.perf_counter() - start))
     return times
+
+
+def measure(target: str, fn: Callable[[], object], settings: LatencySettings) -> Latency:
+    """:func:`time_calls` under the settings' CPU thread count, with the device described."""
+    with _cpu_threads(settings.threads):
+        times = time_calls(fn, settings)
+        return Latency(target, describe_device(settings.device), settings.dtype, settings.warmup, times)
 
 
 def _initialise(module: nn.Module) -> None:
@@ -139,7 +171,7 @@ def materialise(module: nn.Module, settings: LatencySettings) -> nn.Module:
     if any(p.is_meta for p in params):
         real = copy.deepcopy(module).to_empty(device=device)
         _initialise(real)
-        return real.to(dtype).eval()
+        return (real if dtype == torch.float32 else real.to(dtype)).eval()
     if all(p.device == device and p.dtype == dtype for p in params):
         return module.eval()
     return copy.deepcopy(module).to(device=device, dtype=dtype).eval()

@@ -31,7 +31,7 @@ from .components import (
     vae_scale_factor,
 )
 from .counting import Profile, profile_call
-from .latency import Latency, LatencySettings, materialise, time_calls
+from .latency import Latency, LatencySettings, materialise, measure
 from .unet import unet_call, unit_table
 
 DEFAULT_STEPS = 25
@@ -175,13 +175,7 @@ def measure_latency(
     real = materialise(unet, settings)
     fn, args = unet_call(real, latent, settings.device, settings.torch_dtype)
     if settings.target == "step":
-        return Latency(
-            "unet_step",
-            settings.device,
-            settings.dtype,
-            settings.warmup,
-            time_calls(lambda: fn(real, *args), settings),
-        )
+        return measure("unet_step", lambda: fn(real, *args), settings)
     roles = {spec.role for spec in specs}
     if VAE_ROLE not in roles or not roles & set(TEXT_ROLES):
         raise ValueError("whole-generation latency needs the text encoder and VAE: use a pipeline or a built-in")
@@ -196,9 +190,7 @@ def measure_latency(
             fn(real, *args)
         decode(vae, *z)
 
-    return Latency(
-        f"generation_{steps}_steps", settings.device, settings.dtype, settings.warmup, time_calls(generate, settings)
-    )
+    return measure(f"generation_{steps}_steps", generate, settings)
 
 
 def report(
@@ -289,5 +281,8 @@ def comparison_frame(reports: list[Report]) -> pd.DataFrame:
             row[f"{column}_change_pct"] = round(100 * (d[key] - first[key]) / first[key], 1) if first[key] else None
         row["expressible"] = d["expressible"]
         row.update({k: v for k, v in d.items() if k.startswith("latency_")})
+        if "latency_median_ms" in first and "latency_median_ms" in d:
+            change = 100 * (d["latency_median_ms"] - first["latency_median_ms"]) / first["latency_median_ms"]
+            row["latency_median_ms_change_pct"] = round(change, 1)
         rows.append(row)
     return pd.DataFrame(rows)
