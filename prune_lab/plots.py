@@ -59,7 +59,8 @@ def _legend(ax, df: pd.DataFrame) -> None:
         ax.legend(
             handles=[Patch(color=KIND_COLORS.get(k, DEFAULT_COLOR), label=k) for k in kinds],
             fontsize=7,
-            loc="upper right",
+            loc="lower right",
+            bbox_to_anchor=(1.0, 1.0),
             ncol=len(kinds),
             frameon=False,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -155,9 +156,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     )
     if table is not None:
         print(render(table[SHOWN], args.format))
+        note = sys.stderr if args.format in ("csv", "json") else sys.stdout  # keep machine output parseable
         print(
-            f"wrote {args.out} and {Path(args.out).with_suffix('.json')}: {len(units)} units x "
-            f"{len(criteria)} criteria"
+            f"wrote {args.out} and {Path(args.out).with_suffix('.json')}: {len(units)} units x {len(criteria)} "
+            "criteria",
+            file=note,
         )
     return 0
 

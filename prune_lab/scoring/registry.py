@@ -184,7 +184,7 @@ def neuron_mean(rows: Iterable[torch.Tensor]) -> float:
     Returns:
         the mean over all output neurons i of all layers l (pooled) of the per-neuron sums; 0.0 for no layers.
     """
-    sums = [t.detach().reshape(t.shape[0], -1).double().sum(dim=1) for t in rows]
+    sums = [t.detach().reshape(t.shape[0], -1).float().sum(dim=1).double() for t in rows]
     if not sums:
         return 0.0
     return float(torch.cat(sums).mean())
