@@ -269,6 +269,9 @@ def test_cache_writing_resumes_and_refuses_to_overwrite(tiny_pipeline_dir, image
     assert summary.resumed_shards == 1 and summary.count == 8
     torch.testing.assert_close(LatentCache(out)[6]["moments"], first)
     assert json.loads((out / "cache.json").read_text())["dtype"] == "float16"
+    (out / "cache.json").unlink()
+    with pytest.raises(ValueError, match="other settings"):  # never mixes shards of different settings
+        write_latent_cache(encoders, image_folder, out, resolution=16, shard_size=5)
 
 
 # -------------------------------------------------------------------------------------------- optimisation

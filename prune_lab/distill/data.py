@@ -210,7 +210,7 @@ class CacheSummary:
 
 
 def _encode_shard(encoders: FrozenEncoders, loader: DataLoader, flip: bool,
-                  dtype: torch.dtype) -> tuple[dict, list[str], int]:
+                  dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[str], int]:
     tensors: dict[str, list[torch.Tensor]] = {}
     skipped: list[str] = []
     device = encoders.vae.device
@@ -247,14 +247,35 @@ class _Uncached(Dataset):
         return item if item is not None else ("bad", str(self.folder.table.iloc[index]["file_name"]))
 
 
+def _write_shard(encoders: FrozenEncoders, folder: ImageTextFolder, indices: range, path: Path, settings: dict,
+                 batch_size: int, num_workers: int) -> None:
+    loader = DataLoader(_Uncached(folder, indices), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate_valid)
+    tensors, bad, count = _encode_shard(encoders, loader, settings["flip"], getattr(torch, settings["dtype"]))
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"count": str(count), "skipped": json.dumps(bad),
+                                           "settings": json.dumps(settings, sort_keys=True)})
+    tmp.replace(path)
+
+
+def _read_shard(path: Path, settings: dict) -> tuple[int, list[str], set[str]]:
+    """(count, skipped files, conditioning names) of a finished shard written with the same settings."""
+    with safe_open(str(path), framework="pt") as f:
+        meta, names = f.metadata(), set(f.keys())
+    if json.loads(meta.get("settings", "{}")) != settings:
+        raise ValueError(f"{path} was written with other settings ({meta.get('settings')}); pass --overwrite to "
+                         "start the cache again")
+    return int(meta["count"]), json.loads(meta["skipped"]), {k[5:] for k in names if k.startswith("cond.")}
+
+
 def write_latent_cache(encoders: FrozenEncoders, data, out_dir, *, resolution: int = 512, batch_size: int = 8,
                        shard_size: int = 1024, dtype: torch.dtype = torch.float16, flip: bool = True,
                        source: str = "", scheduler_dir=None, num_workers: int = 0, overwrite: bool = False,
                        progress: bool = False) -> CacheSummary:
     """Encode an image-text folder once: VAE posteriors (+ flipped) and conditioning, in safetensors shards.
 
-    Resumable: finished shards are kept and skipped on a rerun; `cache.json` is written last, so a folder without
-    it is never read as a cache. Corrupt images are skipped and listed in `cache.json` (`skipped`).
+    Resumable: finished shards (written with the same settings) are kept on a rerun; `cache.json` is written last,
+    so a folder without it is never read as a cache. Corrupt images are skipped and listed in `cache.json`.
     """
     out_dir = Path(out_dir)
     if (out_dir / CACHE_INDEX).exists() and not overwrite:
@@ -263,30 +284,24 @@ def write_latent_cache(encoders: FrozenEncoders, data, out_dir, *, resolution: i
         shutil.rmtree(out_dir)
     folder = ImageTextFolder(data, resolution, flip=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    starts = range(0, len(folder), shard_size)
+    settings = {"resolution": resolution, "flip": flip, "dtype": str(dtype).removeprefix("torch."),
+                "shard_size": shard_size, "images": len(folder)}
     shards, skipped, cond, resumed = [], [], set(), 0
-    for s, start in enumerate(tqdm(starts, desc="cache shards", disable=not progress)):
-        file = f"shard-{s:05d}.safetensors"
-        if not (out_dir / file).exists():
-            loader = DataLoader(_Uncached(folder, range(start, min(start + shard_size, len(folder)))),
-                                batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_valid)
-            tensors, bad, count = _encode_shard(encoders, loader, flip, dtype)
-            tmp = out_dir / f".{file}.tmp"
-            save_file(tensors, str(tmp), metadata={"count": str(count), "skipped": json.dumps(bad)})
-            tmp.replace(out_dir / file)
-        else:
+    for s, start in enumerate(tqdm(range(0, len(folder), shard_size), desc="cache shards", disable=not progress)):
+        path = out_dir / f"shard-{s:05d}.safetensors"
+        if path.exists():
             resumed += 1
-        with safe_open(str(out_dir / file), framework="pt") as f:
-            meta = f.metadata()
-            cond |= {k[5:] for k in f.keys() if k.startswith("cond.")}
-        shards.append({"file": file, "count": int(meta["count"])})
-        skipped += json.loads(meta["skipped"])
+        else:
+            _write_shard(encoders, folder, range(start, min(start + shard_size, len(folder))), path, settings,
+                         batch_size, num_workers)
+        count, bad, names = _read_shard(path, settings)
+        shards.append({"file": path.name, "count": count})
+        skipped, cond = skipped + bad, cond | names
     if scheduler_dir is not None and Path(scheduler_dir).is_dir():
         shutil.copytree(scheduler_dir, out_dir / "scheduler", dirs_exist_ok=True)
-    index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "source": source, "resolution": resolution,
-             "flip": flip, "dtype": str(dtype).removeprefix("torch."), "scaling_factor": encoders.scaling_factor,
-             "shift_factor": encoders.shift_factor, "cond": sorted(cond), "count": sum(s["count"] for s in shards),
-             "shards": shards, "skipped": skipped}
+    index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "source": source, **settings,
+             "scaling_factor": encoders.scaling_factor, "shift_factor": encoders.shift_factor, "cond": sorted(cond),
+             "count": sum(s["count"] for s in shards), "shards": shards, "skipped": skipped}
     tmp = out_dir / f".{CACHE_INDEX}.tmp"
     tmp.write_text(json.dumps(index, indent=2) + "\n")
     tmp.replace(out_dir / CACHE_INDEX)
