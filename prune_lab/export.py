@@ -347,7 +347,8 @@ def apply_plan(
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a U-Net written by `apply`, in either format (plain diffusers or compact weights + plan).
+    """Rebuild a U-Net written by `apply`, in either format (plain diffusers or compact weights + plan), or by
+    `prunelab width` (base config + per-module widths, see :mod:`prune_lab.width.persist`).
 
     Args:
         path: the `apply` output folder, or its `unet/` subfolder.
@@ -364,6 +365,10 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
             return cls.from_pretrained(path).eval()
         raise FileNotFoundError(f"{path} holds neither a prune_lab export ({PRUNED_MARKER}) nor a diffusers config")
     info = json.loads(marker.read_text())
+    if info.get("format") == "prune_lab.width_pruned_unet":  # `prunelab width`: per-module widths, not a plan
+        from .width.persist import load_width
+
+        return load_width(path, info)
     base = dict(info["base_config"])
     cls = {"UNet2DModel": UNet2DModel}.get(base.pop("_class_name"), UNet2DConditionModel)
     skeleton = instantiate(cls, base, meta=True)

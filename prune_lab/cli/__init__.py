@@ -17,6 +17,7 @@ COMMANDS = (
     "prune_lab.cli.report",
     "prune_lab.cli.evaluate",
     "prune_lab.cli.distill",
+    "prune_lab.cli.width",
 )
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
 

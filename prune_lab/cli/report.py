@@ -114,8 +114,9 @@ def register(subparsers) -> None:
     what.add_argument(
         "--compare",
         nargs="+",
-        metavar="PRESET_OR_PLAN",
-        help="the model, then these presets / plan files, side by side with %% change",
+        metavar="PRESET_PLAN_OR_DIR",
+        help="the model, then these presets / plan files / model folders (e.g. a `prunelab width` output), side by "
+        "side with %% change",
     )
     p.add_argument("--resolution", type=int, help="image side in pixels (default: the model's, e.g. 512 for sd-v1)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps of a whole generation")

@@ -80,7 +80,10 @@ def load_student(folder, teacher: nn.Module) -> StudentBundle:
     _check_family(plan, teacher, folder)
     resolution = resolve(plan, walk(teacher), fingerprint(teacher))
     unet = load_pruned(folder)
-    _check_shapes(unet, teacher, plan, folder)
+    from ..width.persist import is_width_pruned
+
+    if not is_width_pruned(folder):  # a `prunelab width` student keeps every block at recorded, narrower widths
+        _check_shapes(unet, teacher, plan, folder)
     umap = json.loads((folder / "unit_map.json").read_text())
     return StudentBundle(unet.float().eval(), plan, resolution, umap, folder)
 

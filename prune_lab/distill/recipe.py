@@ -46,6 +46,7 @@ from .files import (
     prune_checkpoints,
 )
 from .losses import DistillationLoss
+from .projection import feature_projections
 from .step import DistillStep, step_generator
 from .validation import ValidationSampler
 
@@ -230,8 +231,15 @@ class DistillRecipe:
 
     def _setup_training(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        optimizer = torch.optim.AdamW(self.bundle.unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        layers = cfg.feature_layers if cfg.lambda_feat > 0 else "none"  # no hooks when the term is off
+        bundle = self.bundle
+        self.pairs = feature_pairs(self.teacher, bundle.unet, bundle.resolution, bundle.unit_map, layers)
+        self.projections = self._projections()
+        trained = [*self.bundle.unet.parameters(), *(self.projections.parameters() if self.projections else ())]
+        optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.student, self.optimizer, self.loader = acc.prepare(self.bundle.unet, optimizer, self.loader)
+        if self.projections is not None:
+            self.projections = acc.prepare(self.projections)  # trained, synchronised and checkpointed with the student
         if len(self.loader) == 0:
             raise ValueError(f"{len(self.dataset)} samples make no full batch of {cfg.batch_size} per process; lower "
                              "--batch-size")
@@ -242,10 +250,18 @@ class DistillRecipe:
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
         loss = DistillationLoss(cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat)
-        layers = cfg.feature_layers if cfg.lambda_feat > 0 else "none"  # no hooks when the term is off
-        self.pairs = feature_pairs(self.teacher, self.unwrapped, self.bundle.resolution, self.bundle.unit_map, layers)
         self.kd = DistillStep(self.teacher, self.student, self.encoders, self.scheduler, loss, self.pairs,
-                              unwrapped_student=self.unwrapped, autocast=self.accelerator.autocast)
+                              unwrapped_student=self.unwrapped, autocast=self.accelerator.autocast,
+                              project=self.projections)
+
+    def _projections(self):
+        """Learnable 1x1 projections for a width-pruned student's narrower features (None for block students)."""
+        from ..width.persist import is_width_pruned
+
+        if not is_width_pruned(self.bundle.folder):
+            return None
+        projections = feature_projections(self.teacher, self.bundle.unet.to(self.accelerator.device), self.pairs)
+        return projections.to(self.accelerator.device) if projections is not None else None
 
     def _resume(self) -> None:
         path = find_resume(self.out, self.cfg.resume)

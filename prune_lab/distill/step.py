@@ -42,13 +42,15 @@ class DistillStep:
         pairs: feature pairs; hooks go on `teacher` and on `unwrapped_student`.
         unwrapped_student: the plain module inside `student` (defaults to `student`).
         autocast: context factory for the teacher's forward (accelerate's autocast under mixed precision).
+        project: maps the student features to the teacher's widths before the loss (width-pruned students,
+            :class:`~prune_lab.distill.projection.FeatureProjections`); None compares them as they are.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, encoders: FrozenEncoders, scheduler,
                  loss: DistillationLoss, pairs: Sequence[FeaturePair], *, unwrapped_student: nn.Module | None = None,
-                 autocast: Callable = nullcontext) -> None:
+                 autocast: Callable = nullcontext, project: Callable | None = None) -> None:
         self.teacher, self.student, self.encoders, self.scheduler = teacher, student, encoders, scheduler
-        self.loss = loss
+        self.loss, self.project = loss, project
         self.pairs, self.autocast = list(pairs), autocast
         self.teacher_tap = FeatureTap(teacher, [p.teacher for p in self.pairs])
         self.student_tap = FeatureTap(unwrapped_student or student, [p.student for p in self.pairs])
@@ -72,6 +74,8 @@ class DistillStep:
         with self.student_tap.capturing():
             student_out = self.student(noisy, timesteps, **unet_kwargs(_cast(cond, torch.float32))).sample
             student_features = self.student_tap.collect()
+        if self.project is not None:
+            student_features = self.project(student_features)
         return self.loss(student_out, target, teacher_out, student_features, teacher_features)
 
     def remove_hooks(self) -> None:

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..export import build_student
 from ..graph import walk
-from ..models import LoadedModel
+from ..models import LoadedModel, load_unet
 from ..plan import Plan
 from ..presets import create_plan, list_presets
 from .components import (
@@ -129,7 +129,8 @@ def variant_plan(unet: nn.Module, variant: str, *, source: str) -> Plan:
         return Plan.load(variant)
     if variant in list_presets():
         return create_plan(unet, variant, source=source)
-    raise ValueError(f"{variant!r} is neither a preset ({', '.join(list_presets())}) nor an existing plan file")
+    raise ValueError(f"{variant!r} is neither a preset ({', '.join(list_presets())}), an existing plan file nor a "
+                     "model folder")
 
 
 def _latent(unet: nn.Module, specs: tuple[ComponentSpec, ...], resolution: int | None) -> tuple[int, int]:
@@ -239,15 +240,26 @@ def report(
     return result
 
 
+def _variant(loaded: LoadedModel, variant: str) -> Plan | LoadedModel:
+    """A model folder (e.g. a `prunelab width` or `apply` output) as it is, else a preset or plan file's plan."""
+    if Path(variant).is_dir():
+        return load_unet(variant)
+    return variant_plan(loaded.unet, variant, source=loaded.source)
+
+
 def compare(loaded: LoadedModel, variants: list[str], **kwargs) -> list[Report]:
-    """`loaded` itself, then the student of each variant (a preset name or a plan file); see :func:`report`."""
-    plans = [variant_plan(loaded.unet, variant, source=loaded.source) for variant in variants]  # fail early
+    """`loaded` itself, then each variant: the student of a preset name or plan file, or a model folder as it is
+    (a width-pruned model next to a block plan of equal parameters, say); see :func:`report`."""
+    resolved = [_variant(loaded, variant) for variant in variants]  # fail early
     specs = component_specs(loaded)
     _, latent = _latent(loaded.unet, specs, kwargs.get("resolution"))
     components = profile_components(specs, latent)
     reports = [report(loaded, components=components, **kwargs)]
-    for variant, plan in zip(variants, plans):
-        reports.append(report(loaded, plan=plan, variant=variant, components=components, **kwargs))
+    for variant, item in zip(variants, resolved):
+        if isinstance(item, LoadedModel):
+            reports.append(report(item, variant=variant, components=components, **kwargs))
+        else:
+            reports.append(report(loaded, plan=item, variant=variant, components=components, **kwargs))
     return reports
 
 
