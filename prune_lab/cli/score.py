@@ -139,6 +139,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         if not getattr(args, flag):
             raise ValueError(f"score needs --{flag} (or --compare a.csv b.csv)")
     criteria = [get_criterion(c) for c in args.criterion]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     loaded = load_unet(args.model, dtype=DTYPES[args.dtype])
     loaded.unet.to(args.device or _default_device())
     graph = walk(loaded.unet)
@@ -213,9 +215,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--criterion",
         nargs="+",
-        choices=list_criteria(),
         metavar="NAME",
-        help=f"one or more of: {', '.join(list_criteria())}",
+        help=f"one or more registered criteria: {', '.join(list_criteria())}",
     )
     p.add_argument("--units", choices=tuple(GROUPINGS), default="blocks", help="granularity (default blocks)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="score only these units")
@@ -229,6 +230,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's accelerate device)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _calibration_args(p)
