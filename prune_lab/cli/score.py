@@ -168,9 +168,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _default_device() -> torch.device:
-    from accelerate import PartialState
+    from ..scoring.sweep import process_state
 
-    return PartialState().device
+    return process_state().device
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+import torch
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
 from .groups import ScoreUnit
@@ -91,6 +93,12 @@ class ProgressLog:
             os.fsync(f.fileno())
 
 
+def process_state() -> PartialState:
+    """This process's accelerate state. Without CUDA (or with `ACCELERATE_USE_CPU`), processes started by
+    `accelerate launch` / torchrun form a CPU (gloo) group; a plain run is one process."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
 def _check_inputs(criterion: Criterion, inputs: ScoringInputs) -> None:
     if "batches" in criterion.needs and not inputs.batches:
         raise ValueError(
@@ -150,7 +158,7 @@ def run_sweep(
     found = [get_criterion(c) for c in criteria]
     for criterion in found:
         _check_inputs(criterion, inputs)
-    state = PartialState()
+    state = process_state()
     log = ProgressLog(out, settings or {}, state.process_index)
     if state.is_main_process:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
