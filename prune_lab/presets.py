@@ -209,12 +209,24 @@ def create_plan(unet: nn.Module, preset: str, *, source: str, scores: Mapping[st
     return make_plan(unet, keep, source=source, meta=meta, graph=graph)
 
 
-def read_importance(path) -> dict[str, float]:
-    """`name -> importance` from a scores CSV (columns `name`, `importance`, as `prunelab score` writes)."""
+def read_importance(path, criterion: str | None = None) -> dict[str, float]:
+    """`name -> importance` from a scores CSV (columns `name`, `importance`, as `prunelab score` writes).
+
+    Args:
+        path: the CSV.
+        criterion: which criterion's rows to use when the file merges several (column `criterion`).
+    """
     if not Path(path).is_file():
         raise FileNotFoundError(f"scores file {path} does not exist")
     df = pd.read_csv(path)
     missing = {"name", "importance"} - set(df.columns)
     if missing:
         raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; write it with `prunelab score`")
+    criteria = sorted(df["criterion"].dropna().unique()) if "criterion" in df.columns else []
+    if criterion is not None:
+        if criterion not in criteria:
+            raise ValueError(f"{path} has no scores of criterion {criterion!r}; it holds: {', '.join(criteria)}")
+        df = df[df["criterion"] == criterion]
+    elif len(criteria) > 1:
+        raise ValueError(f"{path} holds several criteria ({', '.join(criteria)}); pick one with --criterion")
     return dict(zip(df["name"], df["importance"].astype(float)))

@@ -185,3 +185,17 @@ def test_make_plan_refuses_keep_lists_the_container_rule_would_change(sd_unet):
         make_plan(sd_unet, all_atoms(graph) - {"down_blocks.0.attentions.1"}, source="t")
     with pytest.raises(ValueError, match=f"implies {layer}"):
         make_plan(sd_unet, all_atoms(graph) - {layer}, source="t")
+
+
+def test_read_importance_picks_one_criterion(tmp_path):
+    from prune_lab.presets import read_importance
+
+    path = tmp_path / "scores.csv"
+    path.write_text("name,criterion,importance\na,magnitude,1.0\nb,magnitude,2.0\na,taylor,5.0\nb,taylor,0.5\n")
+    assert read_importance(path, "taylor") == {"a": 5.0, "b": 0.5}
+    with pytest.raises(ValueError, match="several criteria .*--criterion"):
+        read_importance(path)
+    with pytest.raises(ValueError, match="no scores of criterion 'clip'"):
+        read_importance(path, "clip")
+    (tmp_path / "one.csv").write_text("name,importance\na,3\n")
+    assert read_importance(tmp_path / "one.csv") == {"a": 3.0}

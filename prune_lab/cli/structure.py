@@ -82,7 +82,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _plan_from_args(args: argparse.Namespace, unet) -> Plan:
-    scores = read_importance(args.scores) if args.scores else None
+    scores = read_importance(args.scores, args.criterion) if args.scores else None
     if getattr(args, "keep", None):
         return Plan.load(args.keep)
     if not args.preset:
@@ -140,6 +140,7 @@ def register(subparsers) -> None:
     _model_arg(p)
     p.add_argument("--preset", help=f"one of: {', '.join(list_presets())}")
     p.add_argument("--scores", help="scores.csv (name, importance): which transformer layers SDXL presets keep")
+    p.add_argument("--criterion", help="which criterion's scores to use when --scores merges several")
     p.add_argument("-o", "--out", required=True, type=Path, help="plan file to write")
     p.set_defaults(func=cmd_plan)
 
@@ -149,6 +150,7 @@ def register(subparsers) -> None:
     src.add_argument("--keep", help="plan.json to apply")
     src.add_argument("--preset", help=f"shortcut for a preset plan: {', '.join(list_presets())}")
     p.add_argument("--scores", help="scores.csv for the SDXL presets' layer choice")
+    p.add_argument("--criterion", help="which criterion's scores to use when --scores merges several")
     p.add_argument("--out", required=True, type=Path, help="output folder (DIR/unet, or a whole pipeline)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(func=cmd_apply)
