@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn as nn
-from conftest import TINY_SD, run_unet, tiny_unet, unet_inputs
+from conftest import TINY_SD, TINY_SDXL, run_unet, tiny_ldm_unet, tiny_unet, unet_inputs
 from diffusers.models.attention_processor import Attention
 from test_distill import write_image_folder
 
@@ -263,3 +263,24 @@ def test_generate_runs_the_width_pipeline(width_dir, tmp_path, capsys):
     argv = ["generate", "--model", width_dir, "--prompts", prompts, "--out", tmp_path / "imgs", "--steps", 2]
     assert main([str(a) for a in argv]) == 0
     assert len(list((tmp_path / "imgs").glob("*.png"))) == 1
+
+
+def test_unconditional_unet_keeps_attention_groupnorms_and_output(tmp_path):
+    unet = tiny_ldm_unet()
+    inputs = unet_inputs(unet, batch=2)
+    result = width_prune(unet, target=Target("params", 0.5), round_to=None)
+    assert result.params == result.estimated_params <= 0.5 * result.base_params < result.wider_params
+    out = run_unet(result.unet, inputs)
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+    save_width(result.unet, LoadedModel(result.unet, "ldm", "unet"), tmp_path / "ldm")
+    assert torch.equal(run_unet(load_pruned(tmp_path / "ldm"), inputs), out)
+
+
+@pytest.mark.slow
+def test_sdxl_topology_prunes_linear_projections_and_added_embeddings():
+    unet = tiny_unet(TINY_SDXL)
+    inputs = unet_inputs(unet, batch=2)
+    result = width_prune(unet, target=Target("params", 0.5), round_to=8)
+    assert result.params == result.estimated_params <= 0.5 * result.base_params < result.wider_params
+    assert run_unet(result.unet, inputs).shape == (2, 4, 16, 16)
+    assert result.unet.add_embedding.linear_1.in_features == TINY_SDXL["projection_class_embeddings_input_dim"]

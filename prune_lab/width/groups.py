@@ -111,6 +111,8 @@ def build_pruner(unet: nn.Module, importance) -> tp.pruner.BasePruner:
             importance=importance,
             ignored_layers=[unet.conv_out],
             out_channel_groups=declared_channel_groups(unet),
+            in_channel_groups={},  # fresh dicts: BasePruner fills them, and its defaults are shared between calls
+            num_heads={},
             global_pruning=False,
         )
 
