@@ -3,6 +3,7 @@
 Every entry point that takes `--model` goes through :func:`load_unet`, so the rules live here:
 
 * a built-in architecture name (:data:`ARCHITECTURES`): the public U-Net config, random or `meta` weights;
+* a built-in trained pipeline (:data:`BUILTIN_PIPELINES`: `demo`, the miniature world of :mod:`prune_lab.demo`);
 * a local diffusers pipeline folder (has `unet/`), a local U-Net folder (has `config.json`), or a folder
   written by `prunelab apply` in the `load_pruned` format;
 * anything else that looks like a hub id (`org/name`) goes to plain `from_pretrained`.
@@ -59,7 +60,15 @@ ARCHITECTURES: dict[str, dict] = {
 }
 
 #: Which preset family each built-in belongs to (presets check it).
-FAMILIES = {"sd-v1": "sd", "sd-v2-base": "sd", "sd-v2": "sd", "sdxl": "sdxl"}
+FAMILIES = {"sd-v1": "sd", "sd-v2-base": "sd", "sd-v2": "sd", "sdxl": "sdxl", "demo": "sd"}
+
+#: Trained pipelines shipped in the package, by built-in name (loaded as pipeline folders: `apply` writes a pipeline).
+BUILTIN_PIPELINES: dict[str, Path] = {"demo": Path(__file__).resolve().parent / "demo" / "pipeline"}
+
+
+def resolve_model(model: str | os.PathLike) -> str:
+    """The folder of a :data:`BUILTIN_PIPELINES` name, else `model` unchanged (for loaders that take a path)."""
+    return str(BUILTIN_PIPELINES.get(str(model), model))
 
 
 @dataclass
@@ -122,13 +131,15 @@ def load_unet(model: str | os.PathLike, *, meta: bool = False, dtype: torch.dtyp
     model = str(model)
     if model in ARCHITECTURES:
         return LoadedModel(build_architecture(model, meta=meta), model, "builtin")
+    if model in BUILTIN_PIPELINES:
+        return _load_local(BUILTIN_PIPELINES[model], model, dtype)
     path = Path(model).expanduser()
     if path.is_dir():
         return _load_local(path, model, dtype)
     if path.exists() or not _looks_like_hub_id(model):
         raise FileNotFoundError(
-            f"model {model!r} is neither a built-in ({', '.join(ARCHITECTURES)}), an existing diffusers folder, "
-            "nor a hub id of the form org/name"
+            f"model {model!r} is neither a built-in ({', '.join([*ARCHITECTURES, *BUILTIN_PIPELINES])}), an existing "
+            "diffusers folder, nor a hub id of the form org/name"
         )
     try:  # a pipeline repository first, then a bare U-Net repository
         unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)

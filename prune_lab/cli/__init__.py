@@ -18,6 +18,7 @@ COMMANDS = (
     "prune_lab.cli.evaluate",
     "prune_lab.cli.distill",
     "prune_lab.cli.width",
+    "prune_lab.cli.demo",
 )
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
 

@@ -36,6 +36,7 @@ from diffusers import (
 from tqdm.auto import tqdm
 
 from ..export import PRUNED_MARKER, load_pruned
+from ..models import resolve_model
 from .images import image_name
 
 #: Samplers by CLI name: (scheduler class, overrides of the pipeline's scheduler config).
@@ -132,7 +133,7 @@ def load_pipeline(model: str | os.PathLike, *, scheduler: str = "pndm", dtype: t
     A prune_lab export whose ``unet/`` is in the compact format is rebuilt by :func:`prune_lab.load_pruned` and
     passed in as the pipeline's U-Net. The pipeline class (SD or SDXL) comes from ``model_index.json``.
     """
-    model = str(model)
+    model = resolve_model(model)  # a built-in pipeline name (`demo`) -> its folder
     cls, kwargs = _pipeline_entry(model)
     kwargs = dict(kwargs, torch_dtype=dtype)
     if (Path(model) / "unet" / PRUNED_MARKER).exists():

@@ -191,6 +191,9 @@ class ClipModel:
 def _check_clip_name(model: str, pretrained: str | None, checkpoint) -> None:
     import open_clip
 
+    from ..demo.clip import register_builtin
+
+    register_builtin(model)  # the demo world's scorer, demo-clip
     if model.startswith(("local-dir:", "hf-hub:")):
         return
     if model not in open_clip.list_models():

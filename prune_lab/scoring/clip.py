@@ -48,6 +48,9 @@ class ClipScorer:
 def _model_name(name: str) -> str:
     import open_clip
 
+    from ..demo.clip import register_builtin
+
+    register_builtin(name)  # the demo world's scorer, demo-clip
     if name.endswith(".json"):
         path = Path(name)
         if not path.is_file():

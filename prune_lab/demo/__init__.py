@@ -1,0 +1,16 @@
+"""The demo world and its trained models: a miniature text-to-image setting that runs every prune_lab step offline.
+
+* :mod:`~prune_lab.demo.world`: procedurally drawn, captioned scenes with ground-truth attributes;
+* :mod:`~prune_lab.demo.architecture`: the SD-layout parts at toy size and the word-level tokenizer;
+* :mod:`~prune_lab.demo.clip`: the open_clip scorer ``demo-clip`` (registration, loading, FID features);
+* :mod:`~prune_lab.demo.train`: the training recipe; :mod:`~prune_lab.demo.quality`: the quality figures.
+
+The trained weights ship in the package: :data:`PIPELINE_DIR` (a ``StableDiffusionPipeline`` folder, the built-in
+model ``demo``) and :data:`CLIP_DIR`. This module imports nothing heavy.
+"""
+
+from pathlib import Path
+
+DEMO_DIR = Path(__file__).resolve().parent
+PIPELINE_DIR = DEMO_DIR / "pipeline"
+CLIP_DIR = DEMO_DIR / "clip"
