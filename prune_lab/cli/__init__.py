@@ -13,6 +13,7 @@ import sys
 
 COMMANDS = (
     "prune_lab.cli.structure",
+    "prune_lab.cli.plan",
     "prune_lab.cli.score",
     "prune_lab.cli.report",
     "prune_lab.cli.evaluate",

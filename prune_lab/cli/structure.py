@@ -1,4 +1,4 @@
-"""Structure subcommands: `blocks`, `presets`, `plan --preset`, `apply`."""
+"""Structure subcommands: `blocks`, `presets`, `apply` (`plan` lives in :mod:`prune_lab.cli.plan`)."""
 
 from __future__ import annotations
 
@@ -90,22 +90,6 @@ def _plan_from_args(args: argparse.Namespace, unet) -> Plan:
     return create_plan(unet, args.preset, source=args.model, scores=scores)
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    unet = load_unet(args.model, meta=True).unet
-    plan = _plan_from_args(args, unet)
-    compacted = build_student(unet, plan)  # validates the plan before anything is written
-    plan.meta["student_params"] = sum(p.numel() for p in compacted.student.parameters())
-    plan.meta["expressible"] = compacted.expressible
-    plan.save(args.out)
-    removed = compacted.resolution.removed
-    print(
-        f"wrote {args.out}: {len(plan.keep)} units kept, {len(removed)} removed, "
-        f"U-Net params {_params_m(plan.meta['student_params'])}M "
-        f"({'plain diffusers config' if compacted.expressible else 'needs prune_lab.load_pruned'})"
-    )
-    return 0
-
-
 def cmd_apply(args: argparse.Namespace) -> int:
     loaded = load_unet(args.model)
     plan = _plan_from_args(args, loaded.unet)
@@ -135,14 +119,6 @@ def register(subparsers) -> None:
     _model_arg(p)
     p.add_argument("--format", choices=FORMATS, default="table")
     p.set_defaults(func=cmd_presets)
-
-    p = subparsers.add_parser("plan", help="write a plan.json (from a preset)")
-    _model_arg(p)
-    p.add_argument("--preset", help=f"one of: {', '.join(list_presets())}")
-    p.add_argument("--scores", help="scores.csv (name, importance): which transformer layers SDXL presets keep")
-    p.add_argument("--criterion", help="which criterion's scores to use when --scores merges several")
-    p.add_argument("-o", "--out", required=True, type=Path, help="plan file to write")
-    p.set_defaults(func=cmd_plan)
 
     p = subparsers.add_parser("apply", help="export the compact U-Net of a plan, initialised from the teacher")
     _model_arg(p)

@@ -1,0 +1,163 @@
+"""`prunelab plan`: a plan from a preset, the best plan for a budget, or the whole Pareto front."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from ..export import build_student
+from ..models import load_unet
+from ..presets import create_plan, list_presets, read_importance
+from ..report import LatencySettings
+from ..report.latency import DTYPES
+from ..scoring import read_scores
+from ..search import RESOURCES, SearchResult, build_problem, list_strategies, pareto_front, parse_budget, search
+from ..search.plot import plot_front
+from .formatting import FORMATS, render
+from .structure import _model_arg, _params_m
+
+
+# ------------------------------------------------------------------------------------------------- --preset
+def _preset_plan(args: argparse.Namespace) -> int:
+    unet = load_unet(args.model, meta=True).unet
+    scores = read_importance(args.scores) if args.scores else None
+    plan = create_plan(unet, args.preset, source=args.model, scores=scores)
+    compacted = build_student(unet, plan)  # validates the plan before anything is written
+    plan.meta["student_params"] = sum(p.numel() for p in compacted.student.parameters())
+    plan.meta["expressible"] = compacted.expressible
+    plan.save(args.out)
+    print(
+        f"wrote {args.out}: {len(plan.keep)} units kept, {len(compacted.resolution.removed)} removed, "
+        f"U-Net params {_params_m(plan.meta['student_params'])}M "
+        f"({'plain diffusers config' if compacted.expressible else 'needs prune_lab.load_pruned'})"
+    )
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- --target / --pareto
+def _latency(args: argparse.Namespace, resource: str) -> LatencySettings | None:
+    if not RESOURCES[resource].measured:
+        return None
+    return LatencySettings(device=args.device, dtype=args.dtype, runs=args.runs, warmup=args.warmup, progress=True)
+
+
+def _problem(args: argparse.Namespace, resource: str):
+    if not args.scores:
+        raise ValueError("--target and --pareto need --scores scores.csv (write one with `prunelab score`)")
+    scores = read_scores(args.scores)
+    unet = load_unet(args.model, meta=True).unet
+    return build_problem(
+        unet,
+        scores,
+        criterion=args.criterion,
+        keep_units=args.keep_units or (),
+        never_remove=args.never_remove or (),
+        expressible=args.expressible,
+        source=args.model,
+        latency=_latency(args, resource),
+        where=str(args.scores),
+    )
+
+
+def cost_table(result: SearchResult) -> pd.DataFrame:
+    """One row per resource: unpruned, predicted, % kept, and the budget's bound on its own row."""
+    rows = []
+    for name, base in result.base.items():
+        spec, value = RESOURCES[name], result.predicted[name]
+        bound = spec.format(result.limit) if name == result.budget.resource else ""
+        rows.append(
+            {
+                "resource": name,
+                "unpruned": spec.format(base),
+                "plan": spec.format(value),
+                "kept_pct": round(100 * value / base, 1),
+                "target": bound,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _labels(result: SearchResult, graph) -> list[str]:
+    return ["+".join(graph[m].label for m in move.split("+")) for move in result.moves]
+
+
+def _search_plan(args: argparse.Namespace) -> int:
+    budget = parse_budget(args.target)  # bad budgets fail before anything is loaded
+    problem = _problem(args, budget.resource)
+    result = search(problem, budget, args.strategy)
+    result.plan.save(args.out)
+    lost, total = result.importance_lost, result.importance_total
+    print(
+        f"wrote {args.out}: {args.strategy} search on {problem.importance.criterion!r} scores for {budget.text}; "
+        f"{len(result.removed)} units removed in {len(result.moves)} moves "
+        f"({'plain diffusers config' if result.expressible else 'needs prune_lab.load_pruned'})"
+    )
+    print(render(cost_table(result), args.format))
+    share = f" ({100 * lost / total:.1f}% of {total:.4g})" if total else ""
+    print(f"importance lost: {lost:.4g}{share}")
+    print("moves: " + (", ".join(_labels(result, problem.graph)) or "(none: the unpruned model meets the budget)"))
+    return 0
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        df.to_csv(f, index=False)
+    os.replace(tmp, path)
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    problem = _problem(args, args.resource)
+    df = pareto_front(problem, args.resource, exact=not args.predicted, progress=True)
+    plot = args.plot or args.out.with_suffix(".png")
+    plot_front(df, args.resource, plot)
+    _atomic_csv(df, args.out)
+    shown = ["source", "step", f"{args.resource}_pct", "importance_lost", "removed_count", "expressible"]
+    marked = df[df["on_front"] | df["source"].str.startswith("preset:")]
+    print(render(marked[shown], args.format))
+    print(f"wrote {args.out} ({len(df)} plans, {int(df['on_front'].sum())} on the front) and {plot}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    if args.preset:
+        return _preset_plan(args)
+    return _search_plan(args) if args.target else _pareto(args)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("plan", help="write a plan.json: from a preset, or the best plan for a budget")
+    _model_arg(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--preset", help=f"one of: {', '.join(list_presets())}")
+    what.add_argument(
+        "--target",
+        metavar="RESOURCE=VALUE",
+        help=f"budget: {', '.join(RESOURCES)} as a fraction of the unpruned model (params=0.5, macs=70%%) "
+        "or absolute (params=480M, macs=200G, latency=120ms)",
+    )
+    what.add_argument("--pareto", action="store_true", help="write every searched plan (CSV) and the front (plot)")
+    p.add_argument("--scores", help="scores CSV/JSON from `prunelab score` (SDXL presets: which layers to keep)")
+    p.add_argument("--criterion", help="which criterion of the scores file (needed when it holds several)")
+    p.add_argument("--strategy", choices=list_strategies(), default="greedy", help="search strategy for --target")
+    p.add_argument("--expressible", action="store_true", help="only plans that export as a plain diffusers U-Net")
+    p.add_argument("--keep-units", nargs="+", metavar="NAME", help="units (and all inside them) never removed")
+    p.add_argument(
+        "--never-remove", nargs="+", metavar="KIND_OR_PATTERN", help="kinds (attention, skip ...) or name patterns"
+    )
+    p.add_argument("-o", "--out", required=True, type=Path, help="plan file to write (--pareto: the CSV)")
+    p.add_argument("--resource", choices=list(RESOURCES), default="params", help="--pareto: the cost axis")
+    p.add_argument("--plot", type=Path, help="--pareto: figure to write (default: the CSV's name, .png)")
+    p.add_argument("--predicted", action="store_true", help="--pareto: cost model only, no exact count per plan")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    g = p.add_argument_group("latency budgets (timed on real compute; meta models get fresh weights)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    g.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    g.add_argument("--runs", type=int, default=5, help="timed runs (after the warm-up)")
+    g.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs")
+    p.set_defaults(func=cmd_plan)
