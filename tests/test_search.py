@@ -148,6 +148,8 @@ def test_budget_is_met_and_the_previous_step_was_not(pairs):
     assert result.importance_lost == 4 * 0.5 + 10 + 5 * 10 == result.plan.meta["importance_lost"]
     assert result.plan.meta["predicted"] == result.predicted and result.plan.meta["removed"] == result.removed
     assert result.expressible and result.plan.meta["expressible"]
+    nothing = search(pairs, parse_budget("params=1"), "greedy")
+    assert nothing.removed == [] and nothing.predicted["params"] == pairs.costs.base["params"]
 
 
 def test_infeasible_budget_names_the_closest(unet, pairs):
@@ -160,10 +162,9 @@ def test_infeasible_budget_names_the_closest(unet, pairs):
 
 
 def test_cost_model_predicts_the_reporter(unet, graph, blocks):
-    """Lone blocks with substitutes, a BK pair, the mid stage: the prediction is the reporter's count."""
-    removed = with_skip(graph, LEVEL1) | atoms_of(
-        graph, ["mid_block", "up_blocks.3.attentions.0", "down_blocks.1.resnets.0"]
-    )
+    """A BK pair, the mid stage, lone blocks with substitutes, a dropped skip: the prediction is the reporter's."""
+    lone = ["mid_block", "up_blocks.3.attentions.0", "down_blocks.1.resnets.0", "skip:up_blocks.3.resnets.0"]
+    removed = with_skip(graph, LEVEL1) | atoms_of(graph, lone)
     assert blocks.valid(removed)
     exact, _ = exact_costs(unet, blocks.plan(removed), blocks.latent)
     estimate = blocks.costs.estimate(removed)
@@ -171,15 +172,18 @@ def test_cost_model_predicts_the_reporter(unet, graph, blocks):
 
 
 # ------------------------------------------------------------------------------------------ exported = predicted
-@pytest.mark.parametrize("case", ["greedy-blocks-macs", "topk-blocks-params", "greedy-pairs-expressible"])
+@pytest.mark.parametrize("case", ["greedy-macs", "topk-params", "greedy-expressible"])
 def test_every_plan_applies_and_its_export_reports_the_prediction(unet, graph, blocks, tmp_path, case):
-    strategy, scores, option = case.split("-")
-    problem = blocks if scores == "blocks" else build_problem(unet, pair_scores(graph), expressible=True)
+    """Block scores allow lone blocks (substitutes) and skip drops; `--expressible` must exclude them."""
+    strategy, option = case.split("-")
+    problem = build_problem(unet, block_scores(graph), expressible=True) if option == "expressible" else blocks
     target = "macs=0.8" if option == "macs" else "params=0.6"
     result = search(problem, parse_budget(target), strategy)
     loaded = LoadedModel(unet, "tiny", "unet", None)
     exported = apply_plan(loaded, result.plan, tmp_path / "student")
     assert exported.expressible == result.expressible == (option == "expressible")
+    if result.expressible:  # whole slots only: every removed skip went with its consumer
+        assert all(graph[a].kind != "skip" or graph[a].consumer in result.removed for a in result.removed)
     student = (
         UNet2DConditionModel.from_pretrained(tmp_path / "student" / "unet")
         if exported.expressible
@@ -233,8 +237,8 @@ def test_pareto_front_is_monotone_and_places_the_presets(pairs):
         assert all(a > b for a, b in zip(costs, costs[1:]))
     presets = df.set_index("source").filter(like="preset:", axis=0)
     assert set(presets.index) == {"preset:bk-base", "preset:bk-small", "preset:bk-tiny", "preset:mid-removal"}
-    # bk-base removes every second down pair and up pair: 3 levels x (10 + 10), except the 4 cheap halves
-    assert presets.loc["preset:bk-base", "importance_lost"] == 4 * 0.5 + 2 * 10 + 2 * 10 + 10 + 10
+    # bk-base removes the second slot of all 4 down and 4 up stages: the 4 cheap halves and 4 rows of 10
+    assert presets.loc["preset:bk-base", "importance_lost"] == 4 * 0.5 + 4 * 10
     assert presets.loc["preset:mid-removal", "importance_lost"] == 10.0 and not presets["on_front"].any()
 
 
@@ -256,11 +260,3 @@ def test_cli_target_then_apply_and_pareto(capsys, tmp_path, tiny_unet_dir, graph
     code = main([*base, "--target", "params=0.01", "-o", str(tmp_path / "none.json")])
     err = capsys.readouterr().err
     assert code == 2 and "infeasible" in err and "closest" in err and not (tmp_path / "none.json").exists()
-
-
-def test_unexpressible_moves_are_excluded_with_expressible(unet, graph):
-    problem = build_problem(unet, block_scores(graph), expressible=True)
-    result = search(problem, parse_budget("params=0.7"), "greedy")
-    assert result.expressible and all(
-        graph[a].kind != "skip" or graph[a].consumer in result.removed for a in result.removed
-    )

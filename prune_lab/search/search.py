@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import torch.nn as nn
@@ -108,7 +108,6 @@ class SearchResult:
     importance_total: float
     expressible: bool
     strategy: str
-    uncovered: list[str] = field(default_factory=list)
 
 
 def _states(path: list[Step]) -> list[frozenset[str]]:
@@ -116,14 +115,18 @@ def _states(path: list[Step]) -> list[frozenset[str]]:
 
 
 def _shortest_prefix(problem: Problem, states, resource: str, limit: float, exact: _Exact) -> int | None:
-    """Index of the shortest prefix whose exact cost meets `limit` (costs fall along a path), or None."""
+    """Index of the shortest prefix whose exact cost meets `limit` (costs fall along a path), or None.
+
+    Starts where the cost model says the budget is met and moves on while the exact count disagrees; the prefix
+    before is counted too when the model missed on this one (where it was right, it is trusted for that prefix).
+    """
     estimates = [problem.costs.estimate(s)[resource] for s in states]
     k = next((i for i, e in enumerate(estimates) if e <= limit), len(states) - 1)
     while exact(states[k])[resource] > limit:
         if k == len(states) - 1:
             return None
         k += 1
-    while k > 0 and exact(states[k - 1])[resource] <= limit:
+    while k > 0 and exact(states[k])[resource] != estimates[k] and exact(states[k - 1])[resource] <= limit:
         k -= 1
     return k
 
@@ -184,10 +187,15 @@ def search(problem: Problem, budget: Budget, strategy: str = "greedy") -> Search
     return _result(problem, budget, limit, strategy, removed, moves, exact(removed))
 
 
+def _number(resource: str, value: float) -> int | float:
+    """Counts as integers, timings in milliseconds to the microsecond."""
+    return int(value) if resource in PROFILED else round(value, 3)
+
+
 def _result(problem: Problem, budget: Budget, limit: float, strategy: str, removed, moves, costs) -> SearchResult:
     graph, importance = problem.graph, problem.importance
     ordered = sorted(removed, key=lambda a: graph[a].order)
-    predicted = {r: costs[r] for r in problem.costs.base}
+    predicted = {r: _number(r, costs[r]) for r in problem.costs.base}
     lost = importance.lost(removed)
     meta = {
         "search": {
@@ -200,7 +208,7 @@ def _result(problem: Problem, budget: Budget, limit: float, strategy: str, remov
             "expressible_only": problem.expressible,
             "protected": sorted(problem.protected),
         },
-        "base": dict(problem.costs.base),
+        "base": {r: _number(r, v) for r, v in problem.costs.base.items()},
         "predicted": predicted,
         "removed": ordered,
         "moves": moves,
@@ -222,7 +230,6 @@ def _result(problem: Problem, budget: Budget, limit: float, strategy: str, remov
         importance.total,
         costs["expressible"],
         strategy,
-        importance.uncovered(graph, removed),
     )
 
 
