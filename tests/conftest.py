@@ -187,6 +187,15 @@ def tiny_unet_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Toy models run fastest on one thread (two threads on two shared cores oversubscribe them)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -23,7 +23,18 @@ def test_blocks_json_has_the_documented_keys(capsys, tiny_unet_dir):
     code, out, _ = run(capsys, "blocks", "--model", tiny_unet_dir, "--format", "json")
     units = json.loads(out)
     assert code == 0 and len(units) == 75
-    keys = {"name", "label", "kind", "stage", "in_channels", "out_channels", "params", "removal", "producer", "consumer"}
+    keys = {
+        "name",
+        "label",
+        "kind",
+        "stage",
+        "in_channels",
+        "out_channels",
+        "params",
+        "removal",
+        "producer",
+        "consumer",
+    }
     assert keys <= set(units[0])
     skip = next(u for u in units if u["name"] == "skip:up_blocks.3.resnets.2")
     assert (skip["producer"], skip["consumer"], skip["kind"]) == ("conv_in", "up_blocks.3.resnets.2", "skip")
@@ -60,8 +71,15 @@ def test_plan_then_apply(capsys, tmp_path, tiny_unet_dir):
 def test_apply_preset_on_a_pipeline(capsys, tmp_path, tiny_pipeline_dir):
     code, out, _ = run(capsys, "apply", "--model", tiny_pipeline_dir, "--preset", "bk-base", "--out", tmp_path / "p")
     assert code == 0 and out.startswith("wrote pipeline")
-    assert {p.name for p in (tmp_path / "p").iterdir()} >= {"unet", "vae", "text_encoder", "tokenizer",
-                                                             "scheduler", "model_index.json", "plan.json"}
+    assert {p.name for p in (tmp_path / "p").iterdir()} >= {
+        "unet",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+        "model_index.json",
+        "plan.json",
+    }
 
 
 def sdxl_plan(tmp_path):
@@ -81,13 +99,16 @@ def bad_unit_plan(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("case,args,message", [
-    ("unknown preset", ["--preset", "bk-huge"], "unknown preset 'bk-huge'"),
-    ("other family", ["--preset", "ssd-1b"], "preset 'ssd-1b' is for sdxl models"),
-    ("other architecture", ["--keep", sdxl_plan], "plan was made for architecture"),
-    ("unknown unit", ["--keep", bad_unit_plan], "did you mean 'down_blocks.0.resnets.0'"),
-    ("missing plan", ["--keep", "nope.json"], "plan file nope.json does not exist"),
-])
+@pytest.mark.parametrize(
+    "case,args,message",
+    [
+        ("unknown preset", ["--preset", "bk-huge"], "unknown preset 'bk-huge'"),
+        ("other family", ["--preset", "ssd-1b"], "preset 'ssd-1b' is for sdxl models"),
+        ("other architecture", ["--keep", sdxl_plan], "plan was made for architecture"),
+        ("unknown unit", ["--keep", bad_unit_plan], "did you mean 'down_blocks.0.resnets.0'"),
+        ("missing plan", ["--keep", "nope.json"], "plan file nope.json does not exist"),
+    ],
+)
 def test_apply_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, tiny_unet_dir, case, args, message):
     args = [a(tmp_path) if callable(a) else a for a in args]
     capsys.readouterr()
@@ -107,6 +128,21 @@ def test_missing_model_folder(capsys, tmp_path):
 
 def test_console_script_exit_code():
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "prune_lab.cli", "plan", "--model", "sdxl", "--preset", "bk-tiny",
-                           "-o", "/nonexistent/p.json"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prune_lab.cli",
+            "plan",
+            "--model",
+            "sdxl",
+            "--preset",
+            "bk-tiny",
+            "-o",
+            "/nonexistent/p.json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2 and "preset 'bk-tiny' is for sd models" in proc.stderr

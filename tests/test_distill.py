@@ -21,15 +21,6 @@ from prune_lab.graph import walk
 from prune_lab.presets import create_plan
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 cores shared by several test runs: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_image_folder(folder, n: int = 8, corrupt: bool = True, size=(40, 36)):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)

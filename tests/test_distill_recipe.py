@@ -23,14 +23,6 @@ from prune_lab.export import PRUNED_MARKER, apply_plan, load_pruned
 from prune_lab.presets import create_plan, make_plan
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     return tmp_path_factory.mktemp("distill")

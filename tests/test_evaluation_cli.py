@@ -20,14 +20,6 @@ from prune_lab.evaluation.protocol import RESULT_KEYS
 from prune_lab.evaluation.weights import INCEPTION
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def fake_inception(tmp_path_factory):
     """Random weights with the keys and shapes of pt_inception-2015-12-05-6726825d.pth (1008 classes, no aux)."""

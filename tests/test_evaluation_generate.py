@@ -28,15 +28,6 @@ PROMPTS = pd.DataFrame({"file_name": [f"{i:06d}" for i in range(5)],
 FAST = dict(steps=2, resolution=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine run ~10x faster without OpenMP oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):
     return load_pipeline(tiny_pipeline_dir)

@@ -42,14 +42,6 @@ def write_colours(folder, colours, size=12):
     return sorted(folder.glob("*.png"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------------------- FID
 @pytest.mark.parametrize("mode", list(FID_MODES))
 def test_fid_equals_closed_form_frechet_distance(tmp_path, mode):

@@ -52,15 +52,6 @@ def attention_macs_by_hand(levels: list[tuple[int, int, int]]) -> int:
     return sum(n * (2 * hw * hw * c + 2 * hw * TOKENS * c) for n, hw, c in levels)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forwards are fastest single-threaded, and other suites share these 2 cores (no OpenMP spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass
 class Profiled:
     unet: torch.nn.Module

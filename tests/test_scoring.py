@@ -31,15 +31,6 @@ from prune_lab.scoring.results import build_table
 DATA_CRITERIA = [c for c in list_criteria() if get_criterion(c).needs in ((), ("batches",))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Toy models run faster on one thread, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _inputs(unet, samples: int = 2, timesteps: int = 1, batch_size: int = 2, **options) -> ScoringInputs:
     calib = synthetic_calibration(unet, samples=samples, seed=0, tokens=7)
     batches = denoising_batches(calib, noise_scheduler(), timesteps=timesteps, batch_size=batch_size, seed=0)

@@ -23,14 +23,6 @@ from prune_lab.scoring import (
 from prune_lab.scoring.calibration import load_pipeline, read_captions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe(tiny_pipeline_dir):
     return load_pipeline(load_unet(tiny_pipeline_dir))

@@ -30,14 +30,6 @@ TINY_CLIP = {
 UNITS = ["down_blocks.1.resnets.0", "up_blocks.2.attentions.1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> tuple[Path, Path]:
     """A random tiny open_clip model: its config (registered from a .json) and a checkpoint file."""
