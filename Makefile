@@ -29,6 +29,8 @@ demo: $(STAMP)
 	$(BIN)/prunelab presets --model sd-v1
 	$(BIN)/prunelab presets --model sdxl
 	$(BIN)/prunelab plan --model sd-v1 --preset bk-small -o $(DEMO_OUT)/bk-small.json
+	$(BIN)/prunelab report --model sd-v1 --compare bk-base bk-small bk-tiny mid-removal
+	$(BIN)/prunelab report --model sd-v1 --keep $(DEMO_OUT)/bk-small.json --per-unit --format csv > $(DEMO_OUT)/bk-small-units.csv
 
 lint: $(STAMP)
 	$(BIN)/ruff check prune_lab tests benchmarks
