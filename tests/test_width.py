@@ -37,14 +37,6 @@ from prune_lab.width.criteria import accumulate_gradients, schedule
 from prune_lab.width.groups import build_pruner, channel_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
