@@ -261,11 +261,14 @@ def mark_front(df: pd.DataFrame, resource: str) -> pd.Series:
 
 
 def preset_removals(problem: Problem) -> dict[str, frozenset[str]]:
-    """Preset name -> the atoms it removes, for the presets of the model's family."""
+    """Preset name -> the atoms it removes, for the presets of the model's family that fit its layout."""
     out = {}
     atoms = {u.name for u in problem.graph.atoms()}
     for name in list_presets(model_family(problem.unet)):
-        plan = create_plan(problem.unet, name, source=problem.source)
+        try:
+            plan = create_plan(problem.unet, name, source=problem.source)
+        except ValueError:  # e.g. BK-SDM presets on a U-Net without SD's 2 + 3 blocks per stage
+            continue
         out[name] = frozenset(atoms - expand_keep(problem.graph, plan.keep))
     return out
 
