@@ -332,6 +332,7 @@ class _Flow:
                 self.stack.append((name, level, self.channels))
             ds = f"{stage.path}.downsamplers.0"
             if ds in producers and not (i + 1 < len(stages) and stages[i + 1].level_removed):
+                self.expect(ds, producers[ds][2])  # downsamplers keep their channel count
                 self.stack.append((ds, level + 1, self.channels))
 
     def mid(self) -> None:
