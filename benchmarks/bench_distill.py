@@ -34,13 +34,32 @@ from prune_lab.models import ARCHITECTURES
 from prune_lab.presets import create_plan
 
 #: Stable Diffusion v1's VAE and CLIP ViT-L/14 text encoder (public configs); `quick` ones at toy width.
-VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-           block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-           up_block_types=("UpDecoderBlock2D",) * 4)
-TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            max_position_embeddings=77)
-QUICK_UNET = dict(ARCHITECTURES["sd-v1"], block_out_channels=(16, 32, 64, 64), attention_head_dim=2,
-                  cross_attention_dim=32, norm_num_groups=8, sample_size=8)
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    sample_size=512,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+)
+TEXT = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+)
+QUICK_UNET = dict(
+    ARCHITECTURES["sd-v1"],
+    block_out_channels=(16, 32, 64, 64),
+    attention_head_dim=2,
+    cross_attention_dim=32,
+    norm_num_groups=8,
+    sample_size=8,
+)
 QUICK_VAE = dict(VAE, block_out_channels=(8, 16, 16, 16), norm_num_groups=8, sample_size=64)
 QUICK_TEXT = dict(TEXT, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 
@@ -112,8 +131,10 @@ def main() -> None:
     kd = DistillStep(teacher, student, encoders, scheduler, DistillationLoss(), pairs)
 
     g = torch.Generator(device).manual_seed(0)
-    raw = {"pixel_values": torch.rand(args.batch_size, 3, resolution, resolution, generator=g, device=device) * 2 - 1,
-           "text": ["a photograph of an astronaut riding a horse"] * args.batch_size}
+    raw = {
+        "pixel_values": torch.rand(args.batch_size, 3, resolution, resolution, generator=g, device=device) * 2 - 1,
+        "text": ["a photograph of an astronaut riding a horse"] * args.batch_size,
+    }
     cached = {"moments": encode_moments(encoders.vae, raw["pixel_values"]), "cond": encoders.condition(raw)}
 
     def kd_step(batch):
@@ -132,13 +153,19 @@ def main() -> None:
 
     modes = {"fly": lambda: kd_step(raw), "cache": lambda: kd_step(cached), "bare": lambda: bare_step(cached)}
     t = timed(modes, args.repeats, args.warmup, device, clock)
-    print(f"device {device} ({torch.get_num_threads()} threads, {clock} clock), preset {args.preset}, {len(pairs)} "
-          f"feature pairs, batch {args.batch_size} at {resolution}x{resolution}{' (quick)' if args.quick else ''}; "
-          f"median of {args.repeats}")
-    print(f"step on the fly {t['fly']:.3f} s | step from cache {t['cache']:.3f} s | cache speed-up "
-          f"{t['fly'] / t['cache']:.2f}x (goal >= 1.3x)")
-    print(f"KD step {t['cache']:.3f} s | bare teacher fwd + student fwd/bwd {t['bare']:.3f} s | KD overhead "
-          f"{t['cache'] / t['bare']:.3f}x (goal <= 1.10x)")
+    print(
+        f"device {device} ({torch.get_num_threads()} threads, {clock} clock), preset {args.preset}, {len(pairs)} "
+        f"feature pairs, batch {args.batch_size} at {resolution}x{resolution}{' (quick)' if args.quick else ''}; "
+        f"median of {args.repeats}"
+    )
+    print(
+        f"step on the fly {t['fly']:.3f} s | step from cache {t['cache']:.3f} s | cache speed-up "
+        f"{t['fly'] / t['cache']:.2f}x (goal >= 1.3x)"
+    )
+    print(
+        f"KD step {t['cache']:.3f} s | bare teacher fwd + student fwd/bwd {t['bare']:.3f} s | KD overhead "
+        f"{t['cache'] / t['bare']:.3f}x (goal <= 1.10x)"
+    )
 
 
 if __name__ == "__main__":

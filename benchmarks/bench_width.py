@@ -33,8 +33,14 @@ from prune_lab.report.components import component_specs
 from prune_lab.report.summary import profile_components
 from prune_lab.width import Target, width_prune
 
-QUICK = dict(ARCHITECTURES["sd-v1"], block_out_channels=(32, 64, 128, 128), attention_head_dim=4,
-             cross_attention_dim=32, norm_num_groups=8, sample_size=16)
+QUICK = dict(
+    ARCHITECTURES["sd-v1"],
+    block_out_channels=(32, 64, 128, 128),
+    attention_head_dim=4,
+    cross_attention_dim=32,
+    norm_num_groups=8,
+    sample_size=16,
+)
 
 
 def models(name: str, quick: bool) -> tuple[LoadedModel, LoadedModel]:
@@ -73,8 +79,10 @@ def main() -> None:
     target = Target("params", block_params / base_params) if args.match else Target.parse(args.target)
     start = time.perf_counter()
     pruned = width_prune(real.unet, criterion="magnitude", target=target, round_to=args.round_to)
-    print(f"width_prune to {target} took {time.perf_counter() - start:.1f} s (ratio {pruned.ratio:.4f}, "
-          f"{pruned.params:,} params = {100 * pruned.params_fraction:.2f}%)")
+    print(
+        f"width_prune to {target} took {time.perf_counter() - start:.1f} s (ratio {pruned.ratio:.4f}, "
+        f"{pruned.params:,} params = {100 * pruned.params_fraction:.2f}%)"
+    )
 
     latency = LatencySettings(runs=args.runs, warmup=args.warmup, threads=args.threads, progress=True)
     components = profile_components(component_specs(meta), meta.unet.config.sample_size)  # once, shared
@@ -90,11 +98,15 @@ def main() -> None:
     rows = frame.set_index("variant")
     for column in ("unet_params_M", "unet_macs_G", "unet_macs_with_attention_G", "latency_median_ms"):
         ratio = rows.loc[width_name, column] / rows.loc[args.preset, column]
-        print(f"{column}: width / {args.preset} = {ratio:.3f}  (width {rows.loc[width_name, column]:,.2f}, "
-              f"{args.preset} {rows.loc[args.preset, column]:,.2f}, base {rows.loc['base', column]:,.2f})")
-    print(f"latency: {reports[0].latency.device}, {args.runs} runs after {args.warmup} warm-up, median; "
-          f"IQR width {rows.loc[width_name, 'latency_iqr_ms']:.1f} ms, {args.preset} "
-          f"{rows.loc[args.preset, 'latency_iqr_ms']:.1f} ms")
+        print(
+            f"{column}: width / {args.preset} = {ratio:.3f}  (width {rows.loc[width_name, column]:,.2f}, "
+            f"{args.preset} {rows.loc[args.preset, column]:,.2f}, base {rows.loc['base', column]:,.2f})"
+        )
+    print(
+        f"latency: {reports[0].latency.device}, {args.runs} runs after {args.warmup} warm-up, median; "
+        f"IQR width {rows.loc[width_name, 'latency_iqr_ms']:.1f} ms, {args.preset} "
+        f"{rows.loc[args.preset, 'latency_iqr_ms']:.1f} ms"
+    )
     print(f"after: {load()}")
 
 

@@ -70,8 +70,13 @@ def test_loss_rejects_bad_input():
     with pytest.raises(ValueError, match="lambda_out"):
         DistillationLoss(lambda_out=-1)
     with pytest.raises(ValueError, match="shapes"):
-        DistillationLoss()(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2),
-                           [torch.zeros(1, 3)], [torch.zeros(1, 4)])
+        DistillationLoss()(
+            torch.zeros(1, 4, 2, 2),
+            torch.zeros(1, 4, 2, 2),
+            torch.zeros(1, 4, 2, 2),
+            [torch.zeros(1, 3)],
+            [torch.zeros(1, 4)],
+        )
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -80,8 +85,11 @@ def test_regression_target_by_prediction_type(prediction_type):
     latents, noise = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
     t = torch.tensor([10, 700])
     alpha = scheduler.alphas_cumprod[t].view(2, 1, 1, 1)
-    expected = {"epsilon": noise, "sample": latents,
-                "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * latents}[prediction_type]
+    expected = {
+        "epsilon": noise,
+        "sample": latents,
+        "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * latents,
+    }[prediction_type]
     torch.testing.assert_close(regression_target(scheduler, latents, noise, t), expected)
 
 
@@ -104,8 +112,9 @@ def _features(model, points, inputs):
 STAGE_COUNTS = {"bk-base": 9, "bk-small": 8, "bk-tiny": 6, "vega": 7}
 
 
-@pytest.mark.parametrize("config,preset", [(TINY_SD, "bk-base"), (TINY_SD, "bk-small"), (TINY_SD, "bk-tiny"),
-                                           (TINY_SDXL, "vega")])
+@pytest.mark.parametrize(
+    "config,preset", [(TINY_SD, "bk-base"), (TINY_SD, "bk-small"), (TINY_SD, "bk-tiny"), (TINY_SDXL, "vega")]
+)
 @pytest.mark.parametrize("layers", ["stages", "units"])
 def test_feature_pairs_have_matching_shapes(config, preset, layers):
     teacher, compacted = _student(config, preset)
@@ -118,8 +127,11 @@ def test_feature_pairs_have_matching_shapes(config, preset, layers):
         assert len(pairs) == STAGE_COUNTS[preset]
     else:  # every kept resnet, attention block and transformer layer
         kinds = [p.student.module.split(".")[-2] for p in pairs]
-        n_layers = sum(len(a.transformer_blocks) for n, a in compacted.student.named_modules()
-                       if n.endswith(tuple(f"attentions.{i}" for i in range(3))) and hasattr(a, "transformer_blocks"))
+        n_layers = sum(
+            len(a.transformer_blocks)
+            for n, a in compacted.student.named_modules()
+            if n.endswith(tuple(f"attentions.{i}" for i in range(3))) and hasattr(a, "transformer_blocks")
+        )
         assert kinds.count("transformer_blocks") == n_layers > 0
 
 
@@ -225,8 +237,9 @@ def _image_batch(data, keys):
 
 def test_cache_gives_the_same_loss_as_encoding_on_the_fly(tiny_pipeline_dir, image_folder, tmp_path):
     encoders = load_encoders(tiny_pipeline_dir)
-    summary = write_latent_cache(encoders, image_folder, tmp_path / "cache", resolution=32, batch_size=3,
-                                 shard_size=4, dtype=torch.float32)
+    summary = write_latent_cache(
+        encoders, image_folder, tmp_path / "cache", resolution=32, batch_size=3, shard_size=4, dtype=torch.float32
+    )
     assert (summary.count, summary.shards, summary.skipped) == (8, 3, ["broken.png"])
     cache = LatentCache(tmp_path / "cache", seed=5)
     assert cache.meta["cond"] == ["encoder_hidden_states"] and len(cache) == 8
@@ -240,11 +253,18 @@ def test_cache_gives_the_same_loss_as_encoding_on_the_fly(tiny_pipeline_dir, ima
     # cache rows skip the corrupt file: row 3 is image "3.png", which is folder index 4
     on_the_fly = step(_image_batch(images, [(1, 0), (1, 4)]), step_generator(0, 7))
     cached_batch = collate([cache[(1, 0)], cache[(1, 3)]])
-    from_cache = DistillStep(teacher, compacted.student, FrozenEncoders(None, None, encoders.scaling_factor),
-                             scheduler, DistillationLoss(), pairs)(cached_batch, step_generator(0, 7))
+    from_cache = DistillStep(
+        teacher,
+        compacted.student,
+        FrozenEncoders(None, None, encoders.scaling_factor),
+        scheduler,
+        DistillationLoss(),
+        pairs,
+    )(cached_batch, step_generator(0, 7))
     torch.testing.assert_close(from_cache.total, on_the_fly.total, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.stack(from_cache.per_feature), torch.stack(on_the_fly.per_feature),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.stack(from_cache.per_feature), torch.stack(on_the_fly.per_feature), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_cache_writing_resumes_and_refuses_to_overwrite(tiny_pipeline_dir, image_folder, tmp_path):
@@ -297,15 +317,37 @@ def tiny_sdxl_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     tokenizer = byte_tokenizer()
-    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                        norm_num_groups=8, sample_size=32)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
     encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=32))
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
-                                     text_encoder_2=encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
-                                     unet=tiny_unet(TINY_SDXL), scheduler=EulerDiscreteScheduler())
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+        text_encoder_2=encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=tiny_unet(TINY_SDXL),
+        scheduler=EulerDiscreteScheduler(),
+    )
     path = tmp_path_factory.mktemp("sdxl") / "tiny-sdxl"
     pipe.save_pretrained(path)
     return path
@@ -326,13 +368,19 @@ def test_sdxl_conditioning_from_images_and_from_the_cache(tiny_sdxl_dir, image_f
     pairs = feature_pairs(teacher, compacted.student, compacted.resolution, unit_map(compacted.student), "units")
     scheduler = DDPMScheduler.from_pretrained(tiny_sdxl_dir / "scheduler")
     on_the_fly = DistillStep(teacher, compacted.student, encoders, scheduler, DistillationLoss(), pairs)(
-        batch, step_generator(0, 1))
+        batch, step_generator(0, 1)
+    )
     write_latent_cache(encoders, image_folder, tmp_path / "cache", resolution=32, dtype=torch.float32)
     cache = LatentCache(tmp_path / "cache", seed=1)
     assert cache.meta["cond"] == ["encoder_hidden_states", "text_embeds", "time_ids"]
-    from_cache = DistillStep(teacher, compacted.student, FrozenEncoders(None, None, encoders.scaling_factor),
-                             scheduler, DistillationLoss(), pairs)(collate([cache[(0, 0)], cache[(0, 1)]]),
-                                                                    step_generator(0, 1))
+    from_cache = DistillStep(
+        teacher,
+        compacted.student,
+        FrozenEncoders(None, None, encoders.scaling_factor),
+        scheduler,
+        DistillationLoss(),
+        pairs,
+    )(collate([cache[(0, 0)], cache[(0, 1)]]), step_generator(0, 1))
     torch.testing.assert_close(from_cache.total, on_the_fly.total, rtol=1e-5, atol=1e-6)
 
 

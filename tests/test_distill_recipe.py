@@ -54,10 +54,21 @@ def compact_student(work, tiny_pipeline_dir):
 
 
 def config(teacher, student, data, out, **overrides) -> DistillConfig:
-    base = dict(max_steps=5, batch_size=2, grad_accum=2, resolution=32, num_workers=0, checkpoint_every=3,
-                checkpoints_limit=1, ema=True, ema_decay=0.9, progress=False)
-    return DistillConfig(teacher=str(teacher), student=str(student), data=str(data), out=str(out),
-                         **{**base, **overrides})
+    base = dict(
+        max_steps=5,
+        batch_size=2,
+        grad_accum=2,
+        resolution=32,
+        num_workers=0,
+        checkpoint_every=3,
+        checkpoints_limit=1,
+        ema=True,
+        ema_decay=0.9,
+        progress=False,
+    )
+    return DistillConfig(
+        teacher=str(teacher), student=str(student), data=str(data), out=str(out), **{**base, **overrides}
+    )
 
 
 class Killed(Exception):
@@ -83,8 +94,9 @@ def test_uninterrupted_run_logs_every_step_and_skips_the_corrupt_image(uninterru
     assert checkpoints == ["checkpoint-0000005"]  # every 3 steps and at the end, newest 1 kept
 
 
-def test_resume_after_a_kill_reproduces_the_loss_curve(uninterrupted, work, tiny_pipeline_dir, student, images,
-                                                       monkeypatch):
+def test_resume_after_a_kill_reproduces_the_loss_curve(
+    uninterrupted, work, tiny_pipeline_dir, student, images, monkeypatch
+):
     finish = recipe_module.DistillRecipe._finish_step
 
     def dies_after_step_4(self, means):
@@ -118,20 +130,73 @@ def test_export_holds_the_ema_weights_and_generates(uninterrupted, tiny_pipeline
     assert any(not torch.equal(params[k], trained[k]) for k in params)
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
     assert pipe.unet.config.block_out_channels == [16, 32, 64]
-    image = pipe("a cat", num_inference_steps=2, height=32, width=32, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images
+    image = pipe(
+        "a cat",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert image.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(image)).all()
 
 
 def test_cli_cache_then_distill_a_compact_student(work, tiny_pipeline_dir, compact_student, images, capsys):
     cache, out = work / "cache", work / "cli"
-    assert main(["cache-latents", "--model", str(tiny_pipeline_dir), "--data", str(images), "--out", str(cache),
-                 "--resolution", "32", "--num-workers", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "cache-latents",
+                "--model",
+                str(tiny_pipeline_dir),
+                "--data",
+                str(images),
+                "--out",
+                str(cache),
+                "--resolution",
+                "32",
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "wrote 8 samples" in capsys.readouterr().out
-    argv = ["distill", "--teacher", str(tiny_pipeline_dir), "--student", str(compact_student), "--data", str(cache),
-            "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1", "--resolution", "32",
-            "--num-workers", "0", "--feature-layers", "units", "--gradient-checkpointing", "--checkpoint-every", "0",
-            "--validation-prompts", "a red cat", "--validation-every", "2", "--validation-steps", "2", "--no-progress"]
+    argv = [
+        "distill",
+        "--teacher",
+        str(tiny_pipeline_dir),
+        "--student",
+        str(compact_student),
+        "--data",
+        str(cache),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--resolution",
+        "32",
+        "--num-workers",
+        "0",
+        "--feature-layers",
+        "units",
+        "--gradient-checkpointing",
+        "--checkpoint-every",
+        "0",
+        "--validation-prompts",
+        "a red cat",
+        "--validation-every",
+        "2",
+        "--validation-steps",
+        "2",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     assert (out / "unet" / PRUNED_MARKER).exists() and (out / "plan.json").exists()
@@ -139,7 +204,8 @@ def test_cli_cache_then_distill_a_compact_student(work, tiny_pipeline_dir, compa
     assert "feat:up_blocks.2.attentions.0.transformer_blocks.0" in (out / "losses.csv").read_text().splitlines()[0]
     unet = load_pruned(out)
     assert "up_blocks.2.attentions.1" not in dict(unet.named_modules()) or not list(
-        unet.up_blocks[2].attentions[1].parameters())
+        unet.up_blocks[2].attentions[1].parameters()
+    )
     pipe = StableDiffusionPipeline.from_pretrained(out, unet=unet, safety_checker=None)
     image = pipe("a cat", num_inference_steps=2, height=32, width=32, output_type="np").images
     assert image.shape == (1, 32, 32, 3)
@@ -154,12 +220,26 @@ def test_cli_bad_input_is_one_line_and_exit_2(work, tiny_pipeline_dir, student, 
     no_captions.mkdir()
     (work / "a-dir").mkdir(exist_ok=True)
     (work / "a-dir" / "something").write_text("x")
-    cases = {"pruned from architecture": (tmp_path / "foreign", images, tmp_path / "o1"),
-             "no captions": (student, no_captions, tmp_path / "o2"),
-             "--resume latest": (student, images, work / "a-dir")}
+    cases = {
+        "pruned from architecture": (tmp_path / "foreign", images, tmp_path / "o1"),
+        "no captions": (student, no_captions, tmp_path / "o2"),
+        "--resume latest": (student, images, work / "a-dir"),
+    }
     for message, (student_dir, data, out) in cases.items():
-        argv = ["distill", "--teacher", str(tiny_pipeline_dir), "--student", str(student_dir), "--data", str(data),
-                "--out", str(out), "--resolution", "32", "--no-progress"]
+        argv = [
+            "distill",
+            "--teacher",
+            str(tiny_pipeline_dir),
+            "--student",
+            str(student_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--resolution",
+            "32",
+            "--no-progress",
+        ]
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
@@ -172,8 +252,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(work, tiny_pipeline_d
     def nan_at_third_step(self, *args, **kwargs):
         terms = forward(self, *args, **kwargs)
         calls.append(1)
-        return terms if len(calls) < 3 else type(terms)(terms.total * float("nan"), terms.task, terms.out,
-                                                        terms.feat, terms.per_feature)
+        return (
+            terms
+            if len(calls) < 3
+            else type(terms)(terms.total * float("nan"), terms.task, terms.out, terms.feat, terms.per_feature)
+        )
 
     monkeypatch.setattr(recipe_module.DistillationLoss, "forward", nan_at_third_step)
     out = work / "nan"
@@ -192,15 +275,51 @@ def test_two_process_cpu_run_under_accelerate_launch(work, tiny_pipeline_dir, st
     launcher = Path(sys.executable).with_name("accelerate")
     out = work / "ddp"
     # accelerate's multi-process CPU mode: the multi-GPU launcher (torchrun) with ACCELERATE_USE_CPU
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           "-m", "prune_lab.cli", "distill", "--teacher", str(tiny_pipeline_dir), "--student", str(student),
-           "--data", str(images), "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1",
-           "--resolution", "32", "--num-workers", "0", "--checkpoint-every", "2", "--no-progress"]
+    cmd = [
+        str(launcher),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "prune_lab.cli",
+        "distill",
+        "--teacher",
+        str(tiny_pipeline_dir),
+        "--student",
+        str(student),
+        "--data",
+        str(images),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--resolution",
+        "32",
+        "--num-workers",
+        "0",
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained 2 steps" in proc.stdout
     assert sorted(p.name for p in (out / "checkpoints" / "checkpoint-0000002").glob("random_states_*")) == [
-        "random_states_0.pkl", "random_states_1.pkl"]  # both processes took part
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]  # both processes took part
     assert load_pruned(out).config.block_out_channels == [16, 32, 64]

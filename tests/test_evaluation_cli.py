@@ -65,12 +65,26 @@ def tiny_fid_mode(monkeypatch):
 
 def test_cli_end_to_end(tmp_path, tiny_pipeline_dir, fake_inception, tiny_fid_mode, capsys):
     prompts, imgs = tmp_path / "prompts.csv", tmp_path / "imgs"
-    code, out, _ = run(capsys, "coco-prompts", "--annotations", coco_file(tmp_path / "captions.json"), "--n", 4,
-                       "-o", prompts)
+    code, out, _ = run(
+        capsys, "coco-prompts", "--annotations", coco_file(tmp_path / "captions.json"), "--n", 4, "-o", prompts
+    )
     assert code == 0 and "4 prompts" in out
 
-    generate = ["generate", "--model", tiny_pipeline_dir, "--prompts", prompts, "--out", imgs, "--steps", 2,
-                "--resolution", 32, "--batch-size", 3]
+    generate = [
+        "generate",
+        "--model",
+        tiny_pipeline_dir,
+        "--prompts",
+        prompts,
+        "--out",
+        imgs,
+        "--steps",
+        2,
+        "--resolution",
+        32,
+        "--batch-size",
+        3,
+    ]
     code, out, _ = run(capsys, *generate)
     assert code == 0 and "4/4 images; 4 written, 0 were there" in out
     assert run(capsys, *generate)[1].startswith(f"{imgs}: 4/4 images; 0 written, 4 were there")
@@ -82,12 +96,41 @@ def test_cli_end_to_end(tmp_path, tiny_pipeline_dir, fake_inception, tiny_fid_mo
     rng = np.random.default_rng(0)
     for i in range(5):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "real" / f"r{i}.jpg")
-    common = ["--prompts", prompts, "--resize", 24, "--inception", fake_inception, "--fid-mode", tiny_fid_mode,
-              "--is-splits", 2,
-              "--clip-model", save_tiny_clip(tmp_path / "clip"), "--num-workers", 0, "--device", "cpu",
-              "--batch-size", 3]
-    code, out, err = run(capsys, "eval", "--images", imgs, "--compare", tmp_path / "copy", "--real",
-                         tmp_path / "real", "--real-stats", tmp_path / "real.npz", *common, "--format", "json")
+    common = [
+        "--prompts",
+        prompts,
+        "--resize",
+        24,
+        "--inception",
+        fake_inception,
+        "--fid-mode",
+        tiny_fid_mode,
+        "--is-splits",
+        2,
+        "--clip-model",
+        save_tiny_clip(tmp_path / "clip"),
+        "--num-workers",
+        0,
+        "--device",
+        "cpu",
+        "--batch-size",
+        3,
+    ]
+    code, out, err = run(
+        capsys,
+        "eval",
+        "--images",
+        imgs,
+        "--compare",
+        tmp_path / "copy",
+        "--real",
+        tmp_path / "real",
+        "--real-stats",
+        tmp_path / "real.npz",
+        *common,
+        "--format",
+        "json",
+    )
     assert code == 0, err
     results = json.loads(out)
     assert [r["images"] for r in results] == [str(imgs), str(tmp_path / "copy")]
@@ -97,11 +140,23 @@ def test_cli_end_to_end(tmp_path, tiny_pipeline_dir, fake_inception, tiny_fid_mo
         assert r["num_images"] == 4 and r["model"] == str(tiny_pipeline_dir.resolve())
         assert r["generation"]["steps"] == 2 and r["settings"]["real_count"] == 5
         assert -1 <= r["clip_score"] <= 1 and r["is_mean"] >= 1
-    assert {k: results[0][k] for k in ("fid", "is_mean", "clip_score")} == \
-        {k: results[1][k] for k in ("fid", "is_mean", "clip_score")}
+    assert {k: results[0][k] for k in ("fid", "is_mean", "clip_score")} == {
+        k: results[1][k] for k in ("fid", "is_mean", "clip_score")
+    }
 
-    code, out, err = run(capsys, "eval", "--images", imgs, "--real-stats", tmp_path / "real.npz", *common,
-                         "--metrics", "fid,clip", "--format", "csv")
+    code, out, err = run(
+        capsys,
+        "eval",
+        "--images",
+        imgs,
+        "--real-stats",
+        tmp_path / "real.npz",
+        *common,
+        "--metrics",
+        "fid,clip",
+        "--format",
+        "csv",
+    )
     assert code == 0, err
     header, row = out.strip().splitlines()
     assert header == "model,images,num_images,fid,is_mean,is_std,clip_score"

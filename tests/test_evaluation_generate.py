@@ -23,8 +23,12 @@ from prune_lab.evaluation.generate import (
 )
 from prune_lab.evaluation.prompts import coco_captions, read_prompts, write_prompts
 
-PROMPTS = pd.DataFrame({"file_name": [f"{i:06d}" for i in range(5)],
-                        "text": ["a cat", "a dog on grass", "a red car", "blue sky", "two birds"]})
+PROMPTS = pd.DataFrame(
+    {
+        "file_name": [f"{i:06d}" for i in range(5)],
+        "text": ["a cat", "a dog on grass", "a red car", "blue sky", "two birds"],
+    }
+)
 FAST = dict(steps=2, resolution=32)
 
 
@@ -50,11 +54,14 @@ def test_read_prompts_formats(tmp_path):
     assert read_prompts(tmp_path / "t.csv")["file_name"].tolist() == ["000000", "000001"]
 
 
-@pytest.mark.parametrize("frame, message", [
-    (pd.DataFrame({"caption": ["a"]}), "no 'text' column"),
-    (pd.DataFrame({"file_name": ["a.jpg", "a.png"], "text": ["x", "y"]}), "twice"),
-    (pd.DataFrame({"text": ["x", None]}), "empty prompts"),
-])
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (pd.DataFrame({"caption": ["a"]}), "no 'text' column"),
+        (pd.DataFrame({"file_name": ["a.jpg", "a.png"], "text": ["x", "y"]}), "twice"),
+        (pd.DataFrame({"text": ["x", None]}), "empty prompts"),
+    ],
+)
 def test_read_prompts_rejects(tmp_path, frame, message):
     frame.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=message):
@@ -65,8 +72,11 @@ def test_read_prompts_rejects(tmp_path, frame, message):
 
 def coco_file(path, n_images=8, captions_per_image=3):
     images = [{"id": 100 + i, "file_name": f"COCO_val2014_{100 + i:012d}.jpg"} for i in range(n_images + 1)]
-    anns = [{"id": 1000 + 10 * i + j, "image_id": 100 + i, "caption": f" image {i}\n caption {j} "}
-            for i in range(n_images) for j in range(captions_per_image)]  # the last image has no caption
+    anns = [
+        {"id": 1000 + 10 * i + j, "image_id": 100 + i, "caption": f" image {i}\n caption {j} "}
+        for i in range(n_images)
+        for j in range(captions_per_image)
+    ]  # the last image has no caption
     path.write_text(json.dumps({"images": images, "annotations": anns}))
     return path
 
@@ -137,8 +147,16 @@ def test_generate_resumes(pipe, tmp_path):
 
 
 def test_generation_json_guards_resume(tmp_path):
-    settings = {"model": "m", "steps": 25, "guidance": 7.5, "scheduler": "pndm", "resolution": 512, "seed": 0,
-                "dtype": "float16", "ext": "png"}
+    settings = {
+        "model": "m",
+        "steps": 25,
+        "guidance": 7.5,
+        "scheduler": "pndm",
+        "resolution": 512,
+        "seed": 0,
+        "dtype": "float16",
+        "ext": "png",
+    }
     record_settings(tmp_path, settings)
     record_settings(tmp_path, dict(settings, prompts="other.csv"))  # not a pixel setting
     with pytest.raises(ValueError, match="steps 25 -> 50"):
@@ -179,15 +197,34 @@ def tiny_sdxl_pipeline():
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = byte_tokenizer()
-    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     torch.manual_seed(0)
     return StableDiffusionXLPipeline(
-        vae=AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                          block_out_channels=(8, 16), latent_channels=4, norm_num_groups=8, sample_size=32),
+        vae=AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(8, 16),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=32,
+        ),
         text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=32)),
-        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=tiny_unet(TINY_SDXL), scheduler=EulerDiscreteScheduler())
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=tiny_unet(TINY_SDXL),
+        scheduler=EulerDiscreteScheduler(),
+    )
 
 
 def test_sdxl_folder_loads_the_sdxl_pipeline(tmp_path):

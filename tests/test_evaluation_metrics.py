@@ -69,8 +69,11 @@ def test_fid_through_evaluator_and_reference_cache(tmp_path):
     settings = EvalSettings(metrics=("fid",), real=str(tmp_path / "real"), real_stats=str(cache), resize=8)
     first = Evaluator(settings, {"fid": linear_features}).evaluate(tmp_path / "gen")
     stats = FIDStats.load(cache)  # written on first use
-    assert stats.count == 10 and stats.meta == {"source": str(tmp_path / "real"), "fid_mode": "legacy_pytorch",
-                                                 "resize": 8}
+    assert stats.count == 10 and stats.meta == {
+        "source": str(tmp_path / "real"),
+        "fid_mode": "legacy_pytorch",
+        "resize": 8,
+    }
     gen = FIDStats.from_features(inception_features(sorted((tmp_path / "gen").glob("*.png")), linear_features))
     assert first["fid"] == pytest.approx(frechet_distance(gen, stats), rel=1e-9)
     reused = EvalSettings(metrics=("fid",), real_stats=str(cache), resize=8)
@@ -98,8 +101,9 @@ def test_clean_mode_loads_a_local_torchscript_file(tmp_path):
     class Net(torch.nn.Module):  # the interface of NVIDIA's inception-2015-12-05.pt that clean-fid uses
         def __init__(self):
             super().__init__()
-            self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                              torch.nn.Linear(3, 2048))
+            self.layers = torch.nn.Sequential(
+                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2048)
+            )
 
         def forward(self, x):
             return self.layers(x)
@@ -144,9 +148,11 @@ def save_tiny_clip(folder):
     """A random open_clip model in a ``local-dir:`` folder (config + weights), no download."""
     import open_clip
 
-    cfg = {"embed_dim": 16,
-           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     torch.save(open_clip.CLIP(**cfg).state_dict(), folder / "open_clip_pytorch_model.bin")

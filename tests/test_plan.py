@@ -98,8 +98,8 @@ def test_bk_tiny_removes_the_innermost_level(sd_unet):
         # a lone resnet that changes channels needs the interpolation action
         (["down_blocks.1.resnets.0"], r"interpolate"),
         # a down stage left without blocks: its downsampler (32 channels) would receive down_blocks.0's 16
-    (["down_blocks.1"], r"down_blocks.1.downsamplers.0 expects 32 input channels but would receive 16"),
-    # whole non-innermost level
+        (["down_blocks.1"], r"down_blocks.1.downsamplers.0 expects 32 input channels but would receive 16"),
+        # whole non-innermost level
         (["down_blocks.1", "up_blocks.2"], r"only the innermost resolution levels"),
     ],
 )

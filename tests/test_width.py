@@ -53,8 +53,22 @@ def bk_small_fraction(tiny_pipeline_dir) -> float:
 def width_dir(tmp_path_factory, tiny_pipeline_dir, bk_small_fraction):
     """`prunelab width` on the tiny pipeline, to bk-small's parameter count (magnitude, multiples of 8)."""
     out = tmp_path_factory.mktemp("width") / "w"
-    argv = ["width", "--model", tiny_pipeline_dir, "--criterion", "magnitude", "--target",
-            f"params={bk_small_fraction:.4f}", "--round-to", "8", "--out", out, "--format", "json", "--quiet"]
+    argv = [
+        "width",
+        "--model",
+        tiny_pipeline_dir,
+        "--criterion",
+        "magnitude",
+        "--target",
+        f"params={bk_small_fraction:.4f}",
+        "--round-to",
+        "8",
+        "--out",
+        out,
+        "--format",
+        "json",
+        "--quiet",
+    ]
     assert main([str(a) for a in argv]) == 0
     return out
 
@@ -133,8 +147,15 @@ def taylor(tmp_path_factory):
     unet = tiny_unet(TINY_SD)
     inputs = unet_inputs(unet, batch=2)
     calib = synthetic_calibration(unet, samples=2, seed=0)
-    result = width_prune(unet, criterion="taylor", target=Target("params", 0.6), round_to=None, calibration=calib,
-                         scheduler=noise_scheduler(), taylor=TaylorSettings(timesteps=3, batch_size=2))
+    result = width_prune(
+        unet,
+        criterion="taylor",
+        target=Target("params", 0.6),
+        round_to=None,
+        calibration=calib,
+        scheduler=noise_scheduler(),
+        taylor=TaylorSettings(timesteps=3, batch_size=2),
+    )
     out = tmp_path_factory.mktemp("taylor") / "t"
     save_width(result.unet, LoadedModel(result.unet, "tiny", "unet"), out, provenance=result.summary())
     return SimpleNamespace(result=result, inputs=inputs, output=run_unet(result.unet, inputs), folder=out)
@@ -211,8 +232,26 @@ def test_report_compares_a_block_plan_and_the_width_plan(width_dir, tiny_pipelin
     assert reports[2].unet.params == provenance(width_dir)["params"]
     assert abs(width["unet_params_M"] - block["unet_params_M"]) <= 0.05 * frame.loc["base", "unet_params_M"]
     assert width["unet_macs_G"] < frame.loc["base", "unet_macs_G"]
-    assert main(["report", "--model", str(tiny_pipeline_dir), "--compare", "bk-small", str(width_dir),
-                 "--latency", "--runs", "1", "--warmup", "0", "--format", "markdown"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--model",
+                str(tiny_pipeline_dir),
+                "--compare",
+                "bk-small",
+                str(width_dir),
+                "--latency",
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+                "--format",
+                "markdown",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     for text in ("| metric | base | bk-small |", str(width_dir), "unet_params_M", "unet_macs_G", "latency_median_ms"):
         assert text in table
@@ -229,17 +268,28 @@ def test_feature_projections_only_where_widths_differ(width_dir, tiny_pipeline_d
     assert feature_projections(teacher, copy.deepcopy(teacher), pairs) is None  # a block student: nothing to add
     x = torch.randn(2, 8, 3, 3)
     proj = ChannelProjection(8, 12)
-    torch.testing.assert_close(proj(x), torch.einsum("oc,bchw->bohw", proj.linear.weight, x)
-                               + proj.linear.bias[:, None, None])
+    torch.testing.assert_close(
+        proj(x), torch.einsum("oc,bchw->bohw", proj.linear.weight, x) + proj.linear.bias[:, None, None]
+    )
     assert proj(torch.randn(2, 5, 8)).shape == (2, 5, 12)
     assert FeatureProjections([None, (8, 12)])([x, x])[0] is x
 
 
 def test_distill_trains_a_width_student(width_dir, tiny_pipeline_dir, tmp_path):
     images = write_image_folder(tmp_path / "images", n=4, corrupt=False)
-    cfg = DistillConfig(teacher=str(tiny_pipeline_dir), student=str(width_dir), data=str(images),
-                        out=str(tmp_path / "run"), max_steps=2, batch_size=2, grad_accum=1, resolution=32,
-                        num_workers=0, checkpoint_every=2, progress=False)
+    cfg = DistillConfig(
+        teacher=str(tiny_pipeline_dir),
+        student=str(width_dir),
+        data=str(images),
+        out=str(tmp_path / "run"),
+        max_steps=2,
+        batch_size=2,
+        grad_accum=1,
+        resolution=32,
+        num_workers=0,
+        checkpoint_every=2,
+        progress=False,
+    )
     recipe = DistillRecipe(cfg)
     result = recipe.run()
     assert result.step == 2 and all(torch.isfinite(torch.tensor(list(result.last.values()))))

@@ -27,8 +27,10 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(seed=args.seed, **stages)
     results = train(config, args.work, args.stages.split(",") if args.stages else None, progress=not args.quiet)
     for r in results:
-        print(f"{r.stage}: {r.steps} steps, {r.wall_s / 60:.1f} min wall, {r.cpu_s / 60:.1f} min CPU, "
-              f"loss {r.loss:.4f} {json.dumps(r.extra)}")
+        print(
+            f"{r.stage}: {r.steps} steps, {r.wall_s / 60:.1f} min wall, {r.cpu_s / 60:.1f} min CPU, "
+            f"loss {r.loss:.4f} {json.dumps(r.extra)}"
+        )
     if args.stages is None or set(args.stages.split(",")) >= set(STAGES):
         out = assemble(args.work, args.out, results)
         print(f"wrote {out / 'pipeline'}, {out / 'clip'}, {out / 'training.json'}")
@@ -55,12 +57,31 @@ def _quality(args: argparse.Namespace) -> int:
     real = scorer_accuracy(classifier, world, args.n, progress=not args.quiet).to_frame()
     t1 = time.perf_counter()
     pipe = load_pipeline(args.model, scheduler=args.scheduler)
-    generated = generation_accuracy(classifier, pipe, world, args.n, steps=args.steps, guidance=args.guidance,
-                                    seed=args.seed, batch_size=args.batch_size, progress=not args.quiet).to_frame()
+    generated = generation_accuracy(
+        classifier,
+        pipe,
+        world,
+        args.n,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    ).to_frame()
     t2 = time.perf_counter()
-    settings = dict(model=args.model, n=args.n, world_seed=args.world_seed, scheduler=args.scheduler,
-                    steps=args.steps, guidance=args.guidance, seed=args.seed, threads=torch.get_num_threads(),
-                    machine=f"{platform.machine()}, {os.cpu_count()} CPUs", scorer_s=t1 - t0, generation_s=t2 - t1)
+    settings = dict(
+        model=args.model,
+        n=args.n,
+        world_seed=args.world_seed,
+        scheduler=args.scheduler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        threads=torch.get_num_threads(),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
+        scorer_s=t1 - t0,
+        generation_s=t2 - t1,
+    )
     record = {"settings": settings, "scorer": real.to_dict("records"), "generation": generated.to_dict("records")}
     print(render(real, "table"), render(generated, "table"), sep="\n\n")
     if args.out:
@@ -76,8 +97,15 @@ def _quality(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> str:
-    parts = ["prunelab demo-quality", f"--model {args.model}", f"-n {args.n}", f"--scheduler {args.scheduler}",
-             f"--steps {args.steps}", f"--guidance {args.guidance:g}", f"--seed {args.seed}"]
+    parts = [
+        "prunelab demo-quality",
+        f"--model {args.model}",
+        f"-n {args.n}",
+        f"--scheduler {args.scheduler}",
+        f"--steps {args.steps}",
+        f"--guidance {args.guidance:g}",
+        f"--seed {args.seed}",
+    ]
     if args.world_seed:
         parts.append(f"--world-seed {args.world_seed}")
     if args.clip_checkpoint:
@@ -129,8 +157,12 @@ def _report(settings: dict, real, generated, training, sizes, command: str) -> s
         "shape separately.",
     ]
     if training is not None:
-        lines += ["", "## Training (`prunelab demo-train`, from `prune_lab/demo/training.json`)", "",
-                  render(training.round(3), "markdown")]
+        lines += [
+            "",
+            "## Training (`prunelab demo-train`, from `prune_lab/demo/training.json`)",
+            "",
+            render(training.round(3), "markdown"),
+        ]
     lines += ["", f"## Shipped weights: {sizes.size_MB.sum():.1f} MB", "", render(sizes.round(2), "markdown"), ""]
     return "\n".join(lines)
 
@@ -138,9 +170,12 @@ def _report(settings: dict, real, generated, training, sizes, command: str) -> s
 def register(subparsers) -> None:
     from ..demo import DEMO_DIR
 
-    p = subparsers.add_parser("demo-train", help="train the demo world's autoencoder, CLIP scorer and U-Net",
-                              description="Train the demo models (resumable; finished stages are skipped) and write "
-                                          "the pipeline/ and clip/ folders that prune_lab ships.")
+    p = subparsers.add_parser(
+        "demo-train",
+        help="train the demo world's autoencoder, CLIP scorer and U-Net",
+        description="Train the demo models (resumable; finished stages are skipped) and write "
+        "the pipeline/ and clip/ folders that prune_lab ships.",
+    )
     p.add_argument("--out", type=Path, default=DEMO_DIR, help="where pipeline/ and clip/ are written (the package)")
     p.add_argument("--work", type=Path, default=Path(".cache/demo-train"), help="checkpoints and stage exports")
     p.add_argument("--stages", help="comma-separated subset of vae,clip,unet (default: all, then assemble)")
@@ -151,9 +186,12 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
-    q = subparsers.add_parser("demo-quality", help="measure the demo scorer and a pipeline on held-out scenes",
-                              description="Scorer accuracy on held-out real images and a pipeline's caption accuracy "
-                                          "on held-out captions (colour, shape, position, joint).")
+    q = subparsers.add_parser(
+        "demo-quality",
+        help="measure the demo scorer and a pipeline on held-out scenes",
+        description="Scorer accuracy on held-out real images and a pipeline's caption accuracy "
+        "on held-out captions (colour, shape, position, joint).",
+    )
     q.add_argument("--model", default="demo", help="pipeline to generate with: demo or a pipeline folder")
     q.add_argument("--clip-checkpoint", type=Path, help="demo-clip weights (default: the shipped ones)")
     q.add_argument("-n", "--n", type=int, default=500, help="held-out scenes (real images and captions)")

@@ -48,13 +48,25 @@ def cmd_cache_latents(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     encoders = load_encoders(root, dtype=dtype, device=device)  # raises unless `root` is a pipeline folder
-    summary = write_latent_cache(encoders, args.data, args.out, resolution=args.resolution,
-                                 batch_size=args.batch_size, shard_size=args.shard_size,
-                                 dtype=CACHE_DTYPES[args.dtype], flip=not args.no_flip, source=str(args.model),
-                                 scheduler_dir=root / "scheduler", num_workers=args.num_workers,
-                                 overwrite=args.overwrite, progress=True)
-    print(f"wrote {summary.count} samples in {summary.shards} shard(s) to {summary.out_dir}"
-          + (f" ({summary.resumed_shards} shard(s) kept from an earlier run)" if summary.resumed_shards else ""))
+    summary = write_latent_cache(
+        encoders,
+        args.data,
+        args.out,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        dtype=CACHE_DTYPES[args.dtype],
+        flip=not args.no_flip,
+        source=str(args.model),
+        scheduler_dir=root / "scheduler",
+        num_workers=args.num_workers,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    print(
+        f"wrote {summary.count} samples in {summary.shards} shard(s) to {summary.out_dir}"
+        + (f" ({summary.resumed_shards} shard(s) kept from an earlier run)" if summary.resumed_shards else "")
+    )
     if summary.skipped:
         print(f"skipped {len(summary.skipped)} unreadable image(s), e.g. {summary.skipped[0]}")
     return 0
@@ -74,14 +86,18 @@ def _distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-task", type=float, help="weight of the denoising loss (default 1)")
     p.add_argument("--lambda-out", type=float, help="weight of the output-level KD loss (default 1)")
     p.add_argument("--lambda-feat", type=float, help="weight of the feature-level KD loss (default 1)")
-    p.add_argument("--feature-layers", choices=[*FEATURE_LAYERS, "none"],
-                   help="stages: every stage output (BK-SDM, default); units: every kept unit (SSD-1B)")
+    p.add_argument(
+        "--feature-layers",
+        choices=[*FEATURE_LAYERS, "none"],
+        help="stages: every stage output (BK-SDM, default); units: every kept unit (SSD-1B)",
+    )
     p.add_argument("--mixed-precision", choices=list(MIXED_PRECISION), help="default no (fp32)")
     p.add_argument("--ema", action="store_true", default=None, help="keep EMA weights and export them")
     p.add_argument("--ema-decay", type=float, help="default 0.9999")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    p.add_argument("--checkpoint-every", type=int,
-                   help="steps between checkpoints (and one at the end); 0 = none (default 1000)")
+    p.add_argument(
+        "--checkpoint-every", type=int, help="steps between checkpoints (and one at the end); 0 = none (default 1000)"
+    )
     p.add_argument("--checkpoints-limit", type=int, help="keep only the newest N checkpoints")
     p.add_argument("--resume", help="`latest` (or a fresh start when there is none) or a checkpoint folder")
     p.add_argument("--seed", type=int)
@@ -96,8 +112,11 @@ def _distill_parser(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("distill", help="retrain a pruned student by BK-SDM feature distillation",
-                              description="Run under `accelerate launch` for several processes or GPUs.")
+    p = subparsers.add_parser(
+        "distill",
+        help="retrain a pruned student by BK-SDM feature distillation",
+        description="Run under `accelerate launch` for several processes or GPUs.",
+    )
     _distill_parser(p)
     p.set_defaults(func=cmd_distill)
 

@@ -34,15 +34,24 @@ from .formatting import FORMATS, render
 
 #: `--dtype` choices; `auto` is fp16 on CUDA (as BK-SDM) and fp32 elsewhere.
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TABLE_COLUMNS = {"model": None, "images": None, "num_images": None, "fid": 2, "is_mean": 2, "is_std": 2,
-                 "clip_score": 4}
+TABLE_COLUMNS = {
+    "model": None,
+    "images": None,
+    "num_images": None,
+    "fid": 2,
+    "is_mean": 2,
+    "is_std": 2,
+    "clip_score": 4,
+}
 
 
 def cmd_coco_prompts(args: argparse.Namespace) -> int:
     df = coco_captions(args.annotations, args.n, args.seed)
     write_prompts(df, args.out)
-    print(f"wrote {args.out}: {len(df)} prompts, one caption each of {len(df)} images of {args.annotations} "
-          f"(seed {args.seed})")
+    print(
+        f"wrote {args.out}: {len(df)} prompts, one caption each of {len(df)} images of {args.annotations} "
+        f"(seed {args.seed})"
+    )
     return 0
 
 
@@ -55,32 +64,58 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
 def cmd_generate(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    config = GenerationConfig(steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
-                              resolution=args.resolution, seed=args.seed, batch_size=args.batch_size, ext=args.ext)
+    config = GenerationConfig(
+        steps=args.steps,
+        guidance=args.guidance,
+        scheduler=args.scheduler,
+        resolution=args.resolution,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        ext=args.ext,
+    )
     prompts = read_prompts(args.prompts)
     state = PartialState()
     dtype = _dtype(args.dtype, state.device)
     check_resume(args.out, generation_settings(args.model, args.prompts, prompts, config, dtype))  # before loading
     pipe = load_pipeline(args.model, scheduler=config.scheduler, dtype=dtype, device=state.device)
     record_settings(args.out, generation_settings(args.model, args.prompts, prompts, config, dtype, pipe))
-    result = generate_images(pipe, prompts, args.out, config, shard=(state.process_index, state.num_processes),
-                             progress=state.is_local_main_process)
+    result = generate_images(
+        pipe,
+        prompts,
+        args.out,
+        config,
+        shard=(state.process_index, state.num_processes),
+        progress=state.is_local_main_process,
+    )
     state.wait_for_everyone()
     if state.is_main_process:
         missing = len(pending(prompts, args.out, config.ext))
         share = f" (process 0 of {state.num_processes})" if state.num_processes > 1 else ""
-        print(f"{args.out}: {len(prompts) - missing}/{len(prompts)} images; {result.written} written, "
-              f"{result.skipped} were there{share}, {result.seconds:.1f}s")
+        print(
+            f"{args.out}: {len(prompts) - missing}/{len(prompts)} images; {result.written} written, "
+            f"{result.skipped} were there{share}, {result.seconds:.1f}s"
+        )
     return 0
 
 
 def _settings(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings(
-        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), resize=args.resize, real=args.real,
-        real_stats=args.real_stats, fid_mode=args.fid_mode, inception=args.inception,
-        inception_torchscript=args.inception_torchscript, is_splits=args.is_splits, clip_model=args.clip_model,
-        clip_pretrained=args.clip_pretrained, clip_checkpoint=args.clip_checkpoint, batch_size=args.batch_size,
-        num_workers=args.num_workers, device=args.device or default_device(), progress=True)
+        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+        resize=args.resize,
+        real=args.real,
+        real_stats=args.real_stats,
+        fid_mode=args.fid_mode,
+        inception=args.inception,
+        inception_torchscript=args.inception_torchscript,
+        is_splits=args.is_splits,
+        clip_model=args.clip_model,
+        clip_pretrained=args.clip_pretrained,
+        clip_checkpoint=args.clip_checkpoint,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device or default_device(),
+        progress=True,
+    )
 
 
 def _write_json(path: Path, record: dict) -> None:
@@ -139,8 +174,12 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--real-stats", help="reference FID statistics .npz; with --real, a cache (reused or written)")
     p.add_argument("--resize", type=int, help="resize every image to NxN (bicubic) first; 256 in BK-SDM's protocol")
     p.add_argument("--metrics", default="fid,is,clip", help=f"comma-separated, from {','.join(METRICS)}")
-    p.add_argument("--fid-mode", choices=list(FID_MODES), default="legacy_pytorch",
-                   help="legacy_pytorch: pytorch-fid (BK-SDM's numbers); clean: clean-fid")
+    p.add_argument(
+        "--fid-mode",
+        choices=list(FID_MODES),
+        default="legacy_pytorch",
+        help="legacy_pytorch: pytorch-fid (BK-SDM's numbers); clean: clean-fid",
+    )
     p.add_argument("--inception", help="local pt_inception-2015-12-05-6726825d.pth (IS; FID in legacy_pytorch mode)")
     p.add_argument("--inception-torchscript", help="local inception-2015-12-05.pt (FID in clean mode)")
     p.add_argument("--is-splits", type=int, default=10, help="IS splits (default 10)")

@@ -32,8 +32,12 @@ TOKENIZER_REF = "pipeline/tokenizer"  # the shipped config's tokenizer folder, r
 def model_config(tokenizer, tokenizer_ref: str = TOKENIZER_REF) -> dict:
     """The open_clip config of the scorer for `tokenizer` (vocabulary size, end / pad ids, tokenizer folder)."""
     cfg = deepcopy(CLIP_CONFIG)
-    cfg["text_cfg"].update(vocab_size=len(tokenizer), eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                           hf_tokenizer_name=tokenizer_ref)
+    cfg["text_cfg"].update(
+        vocab_size=len(tokenizer),
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        hf_tokenizer_name=tokenizer_ref,
+    )
     return cfg
 
 
@@ -69,8 +73,13 @@ def register(config_file: str | os.PathLike = CLIP_CONFIG_FILE, tokenizer_dir: s
     return config_file.stem
 
 
-def load_scorer(checkpoint: str | os.PathLike = CLIP_CHECKPOINT, device: str | torch.device = "cpu", *,
-                config_file: str | os.PathLike = CLIP_CONFIG_FILE, tokenizer_dir: str | os.PathLike | None = None):
+def load_scorer(
+    checkpoint: str | os.PathLike = CLIP_CHECKPOINT,
+    device: str | torch.device = "cpu",
+    *,
+    config_file: str | os.PathLike = CLIP_CONFIG_FILE,
+    tokenizer_dir: str | os.PathLike | None = None,
+):
     """The trained scorer through open_clip: ``(model, preprocess, tokenizer)`` (model in eval mode).
 
     Args:
@@ -113,8 +122,9 @@ def fid_extractor(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return extract
 
 
-def multi_positive_clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor,
-                             logit_scale: torch.Tensor) -> torch.Tensor:
+def multi_positive_clip_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric CLIP loss (Radford et al., 2021) with every same-caption pair a positive (UniCL, Yang et al., 2022,
     arXiv:2204.03610): a batch of a small world repeats captions, which plain InfoNCE would treat as negatives.
 

@@ -44,8 +44,15 @@ class Accuracy:
         """One row per attribute (+ ``colour+shape``): ``accuracy``, ``stderr``, ``n``."""
         rows = [(name, hits) for name, hits in self.correct.items()] + [("colour+shape", self.joint)]
         return pd.DataFrame(
-            [{"attribute": name, "accuracy": float(h.mean()), "stderr": math.sqrt(h.mean() * (1 - h.mean()) / self.n),
-              "n": self.n} for name, h in rows]
+            [
+                {
+                    "attribute": name,
+                    "accuracy": float(h.mean()),
+                    "stderr": math.sqrt(h.mean() * (1 - h.mean()) / self.n),
+                    "n": self.n,
+                }
+                for name, h in rows
+            ]
         )
 
 
@@ -60,8 +67,9 @@ class Classifier:
     def __init__(self, model, tokenizer):
         self.model = model
         self.values = {a: list(v) for a, v in ATTRIBUTES.items()}
-        self.captions = [caption(c, s, p) for c in ATTRIBUTES["colour"] for s in ATTRIBUTES["shape"]
-                         for p in ATTRIBUTES["position"]]
+        self.captions = [
+            caption(c, s, p) for c in ATTRIBUTES["colour"] for s in ATTRIBUTES["shape"] for p in ATTRIBUTES["position"]
+        ]
         with torch.no_grad():
             text = F.normalize(model.encode_text(tokenizer(self.captions)).float(), dim=-1)
         shape = tuple(len(v) for v in ATTRIBUTES.values())
@@ -99,8 +107,15 @@ def _score(classifier: Classifier, batches, n: int, progress: bool, desc: str) -
     return Accuracy(n, {a: np.array(v, dtype=bool) for a, v in correct.items()})
 
 
-def scorer_accuracy(classifier: Classifier, world: World, n: int = 500, *, split: str = "heldout",
-                    batch_size: int = 250, progress: bool = False) -> Accuracy:
+def scorer_accuracy(
+    classifier: Classifier,
+    world: World,
+    n: int = 500,
+    *,
+    split: str = "heldout",
+    batch_size: int = 250,
+    progress: bool = False,
+) -> Accuracy:
     """How often the scorer reads the attributes of `n` real `split` scenes right (truth: the scenes)."""
 
     def batches():
@@ -121,14 +136,25 @@ def image_seed(seed: int, index: int) -> int:
 def generate(pipe, captions: list[str], seeds: list[int], *, steps: int = 20, guidance: float = 5.0) -> torch.Tensor:
     """Images ``[B, 3, H, W]`` in [0, 1] for `captions`, image ``i`` from initial noise seeded by ``seeds[i]``."""
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    out = pipe(list(captions), num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-               output_type="pt")
+    out = pipe(
+        list(captions), num_inference_steps=steps, guidance_scale=guidance, generator=generators, output_type="pt"
+    )
     return out.images.float().clamp(0, 1)
 
 
-def generation_accuracy(classifier: Classifier, pipe, world: World, n: int = 500, *, steps: int = 20,
-                        guidance: float = 5.0, seed: int = 0, batch_size: int = 50, split: str = "heldout",
-                        progress: bool = False) -> Accuracy:
+def generation_accuracy(
+    classifier: Classifier,
+    pipe,
+    world: World,
+    n: int = 500,
+    *,
+    steps: int = 20,
+    guidance: float = 5.0,
+    seed: int = 0,
+    batch_size: int = 50,
+    split: str = "heldout",
+    progress: bool = False,
+) -> Accuracy:
     """How often `pipe`'s images for the captions of `n` `split` scenes show what the caption says."""
     pipe.set_progress_bar_config(disable=True)
 
@@ -157,7 +183,15 @@ def training_summary(path: str | Path | None = None) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; it is written by `prunelab demo-train`")
     record = json.loads(path.read_text())
-    rows = [{"stage": r["stage"], "steps": r["steps"], "batch": record["config"][r["stage"]]["batch"],
-             "wall_min": r["wall_s"] / 60, "cpu_min": r["cpu_s"] / 60, "final_loss": r["loss"]}
-            for r in record["stages"]]
+    rows = [
+        {
+            "stage": r["stage"],
+            "steps": r["steps"],
+            "batch": record["config"][r["stage"]]["batch"],
+            "wall_min": r["wall_s"] / 60,
+            "cpu_min": r["cpu_s"] / 60,
+            "final_loss": r["loss"],
+        }
+        for r in record["stages"]
+    ]
     return pd.DataFrame(rows)

@@ -244,12 +244,17 @@ class UNetStage(Stage):
         b = len(x)
         with torch.no_grad():
             posterior = self.vae.encode(x * 2 - 1).latent_dist
-            latents = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g))
+            latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
             latents = latents * self.vae.config.scaling_factor
         keep = torch.rand(b, generator=g) >= self.config.caption_dropout
         captions = [s.caption if kept else "" for s, kept in zip(scenes, keep.tolist())]
-        ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
+        ids = self.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, self.noise.config.num_train_timesteps, (b,), generator=g)
         pred = self.unet(self.noise.add_noise(latents, noise, t), t, self.text_encoder(ids)[0]).sample
@@ -287,8 +292,10 @@ def train_stage(stage: Stage, *, progress: bool = True, stop_after: int | None =
         if result.steps == sc.steps:
             return result
         if stage.cosine or result.steps > sc.steps:  # a finished cosine schedule cannot be extended
-            raise ValueError(f"{folder} finished {result.steps} {stage.name} steps; --{stage.name}-steps "
-                             f"{sc.steps} needs a new --work folder")
+            raise ValueError(
+                f"{folder} finished {result.steps} {stage.name} steps; --{stage.name}-steps "
+                f"{sc.steps} needs a new --work folder"
+            )
     params = [p for m in stage.trainable() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=sc.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(sc.warmup, sc.steps, stage.cosine))
@@ -319,8 +326,18 @@ def train_stage(stage: Stage, *, progress: bool = True, stop_after: int | None =
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (k + 1) % stage.config.checkpoint_every == 0 or k + 1 in (sc.steps, stop_after):
             w, c = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
-            _atomic_save({"models": stage.state(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "step": k + 1, "wall_s": w, "cpu_s": c, "losses": losses}, ckpt)
+            _atomic_save(
+                {
+                    "models": stage.state(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "step": k + 1,
+                    "wall_s": w,
+                    "cpu_s": c,
+                    "losses": losses,
+                },
+                ckpt,
+            )
     wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
     for m in stage.trainable():
         m.eval()
@@ -348,8 +365,9 @@ def check_config(config: TrainConfig, work: Path) -> None:
     path.write_text(json.dumps(wanted, indent=2))
 
 
-def train(config: TrainConfig, work: str | os.PathLike, stages: list[str] | None = None, *,
-          progress: bool = True) -> list[StageResult]:
+def train(
+    config: TrainConfig, work: str | os.PathLike, stages: list[str] | None = None, *, progress: bool = True
+) -> list[StageResult]:
     """Run the `stages` (all of :data:`STAGES` by default, in order) in `work`; see the module docstring."""
     work = Path(work)
     stages = list(STAGES) if stages is None else stages
@@ -368,9 +386,14 @@ def assemble(work: str | os.PathLike, out: str | os.PathLike = DEMO_DIR, results
 
     work, out = Path(work), Path(out)
     pipe = StableDiffusionPipeline(
-        unet=UNet2DConditionModel.from_pretrained(work / "unet"), vae=load_vae(work),
-        text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder"), tokenizer=arch.build_tokenizer(),
-        scheduler=arch.sample_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        unet=UNet2DConditionModel.from_pretrained(work / "unet"),
+        vae=load_vae(work),
+        text_encoder=CLIPTextModel.from_pretrained(work / "text_encoder"),
+        tokenizer=arch.build_tokenizer(),
+        scheduler=arch.sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     _replace(out / "pipeline", lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True))
 

@@ -116,8 +116,13 @@ class ImageTextFolder(Dataset):
         image = TF.resize(image, self.resolution, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
         top, left = (image.height - self.resolution) // 2, (image.width - self.resolution) // 2
         pixels = TF.to_tensor(TF.center_crop(image, self.resolution)) * 2 - 1
-        return {"index": index, "pixel_values": pixels.flip(-1) if flip else pixels, "text": row["text"],
-                "original_size": size, "crop_top_left": torch.tensor([top, left])}
+        return {
+            "index": index,
+            "pixel_values": pixels.flip(-1) if flip else pixels,
+            "text": row["text"],
+            "original_size": size,
+            "crop_top_left": torch.tensor([top, left]),
+        }
 
     def __getitem__(self, key) -> dict:
         epoch, index = _key(key)
@@ -157,8 +162,10 @@ class LatentCache(Dataset):
         self.folder = Path(folder)
         index = self.folder / CACHE_INDEX
         if not index.exists():
-            raise FileNotFoundError(f"{self.folder} is not a finished latents cache (no {CACHE_INDEX}); write it "
-                                    "with `prunelab cache-latents`")
+            raise FileNotFoundError(
+                f"{self.folder} is not a finished latents cache (no {CACHE_INDEX}); write it "
+                "with `prunelab cache-latents`"
+            )
         self.meta = json.loads(index.read_text())
         if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
             raise ValueError(f"{index} is not a prune_lab latents cache version {CACHE_VERSION}; rewrite it")
@@ -192,8 +199,10 @@ def open_dataset(path, resolution: int = 512, seed: int = 0) -> Dataset:
     if (path / CACHE_INDEX).exists():
         cache = LatentCache(path, seed)
         if cache.meta["resolution"] != resolution:
-            raise ValueError(f"the cache {path} was written at resolution {cache.meta['resolution']}, not "
-                             f"{resolution}; pass --resolution {cache.meta['resolution']} or rewrite the cache")
+            raise ValueError(
+                f"the cache {path} was written at resolution {cache.meta['resolution']}, not "
+                f"{resolution}; pass --resolution {cache.meta['resolution']} or rewrite the cache"
+            )
         return cache
     return ImageTextFolder(path, resolution, seed)
 
@@ -209,8 +218,9 @@ class CacheSummary:
     resumed_shards: int = 0
 
 
-def _encode_shard(encoders: FrozenEncoders, loader: DataLoader, flip: bool,
-                  dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[str], int]:
+def _encode_shard(
+    encoders: FrozenEncoders, loader: DataLoader, flip: bool, dtype: torch.dtype
+) -> tuple[dict[str, torch.Tensor], list[str], int]:
     tensors: dict[str, list[torch.Tensor]] = {}
     skipped: list[str] = []
     device = encoders.vae.device
@@ -247,14 +257,25 @@ class _Uncached(Dataset):
         return item if item is not None else ("bad", str(self.folder.table.iloc[index]["file_name"]))
 
 
-def _write_shard(encoders: FrozenEncoders, folder: ImageTextFolder, indices: range, path: Path, settings: dict,
-                 batch_size: int, num_workers: int) -> None:
-    loader = DataLoader(_Uncached(folder, indices), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate_valid)
+def _write_shard(
+    encoders: FrozenEncoders,
+    folder: ImageTextFolder,
+    indices: range,
+    path: Path,
+    settings: dict,
+    batch_size: int,
+    num_workers: int,
+) -> None:
+    loader = DataLoader(
+        _Uncached(folder, indices), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_valid
+    )
     tensors, bad, count = _encode_shard(encoders, loader, settings["flip"], getattr(torch, settings["dtype"]))
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"count": str(count), "skipped": json.dumps(bad),
-                                           "settings": json.dumps(settings, sort_keys=True)})
+    save_file(
+        tensors,
+        str(tmp),
+        metadata={"count": str(count), "skipped": json.dumps(bad), "settings": json.dumps(settings, sort_keys=True)},
+    )
     tmp.replace(path)
 
 
@@ -263,15 +284,29 @@ def _read_shard(path: Path, settings: dict) -> tuple[int, list[str], set[str]]:
     with safe_open(str(path), framework="pt") as f:
         meta, names = f.metadata(), set(f.keys())
     if json.loads(meta.get("settings", "{}")) != settings:
-        raise ValueError(f"{path} was written with other settings ({meta.get('settings')}); pass --overwrite to "
-                         "start the cache again")
+        raise ValueError(
+            f"{path} was written with other settings ({meta.get('settings')}); pass --overwrite to "
+            "start the cache again"
+        )
     return int(meta["count"]), json.loads(meta["skipped"]), {k[5:] for k in names if k.startswith("cond.")}
 
 
-def write_latent_cache(encoders: FrozenEncoders, data, out_dir, *, resolution: int = 512, batch_size: int = 8,
-                       shard_size: int = 1024, dtype: torch.dtype = torch.float16, flip: bool = True,
-                       source: str = "", scheduler_dir=None, num_workers: int = 0, overwrite: bool = False,
-                       progress: bool = False) -> CacheSummary:
+def write_latent_cache(
+    encoders: FrozenEncoders,
+    data,
+    out_dir,
+    *,
+    resolution: int = 512,
+    batch_size: int = 8,
+    shard_size: int = 1024,
+    dtype: torch.dtype = torch.float16,
+    flip: bool = True,
+    source: str = "",
+    scheduler_dir=None,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> CacheSummary:
     """Encode an image-text folder once: VAE posteriors (+ flipped) and conditioning, in safetensors shards.
 
     Resumable: finished shards (written with the same settings) are kept on a rerun; `cache.json` is written last,
@@ -284,24 +319,45 @@ def write_latent_cache(encoders: FrozenEncoders, data, out_dir, *, resolution: i
         shutil.rmtree(out_dir)
     folder = ImageTextFolder(data, resolution, flip=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"resolution": resolution, "flip": flip, "dtype": str(dtype).removeprefix("torch."),
-                "shard_size": shard_size, "images": len(folder)}
+    settings = {
+        "resolution": resolution,
+        "flip": flip,
+        "dtype": str(dtype).removeprefix("torch."),
+        "shard_size": shard_size,
+        "images": len(folder),
+    }
     shards, skipped, cond, resumed = [], [], set(), 0
     for s, start in enumerate(tqdm(range(0, len(folder), shard_size), desc="cache shards", disable=not progress)):
         path = out_dir / f"shard-{s:05d}.safetensors"
         if path.exists():
             resumed += 1
         else:
-            _write_shard(encoders, folder, range(start, min(start + shard_size, len(folder))), path, settings,
-                         batch_size, num_workers)
+            _write_shard(
+                encoders,
+                folder,
+                range(start, min(start + shard_size, len(folder))),
+                path,
+                settings,
+                batch_size,
+                num_workers,
+            )
         count, bad, names = _read_shard(path, settings)
         shards.append({"file": path.name, "count": count})
         skipped, cond = skipped + bad, cond | names
     if scheduler_dir is not None and Path(scheduler_dir).is_dir():
         shutil.copytree(scheduler_dir, out_dir / "scheduler", dirs_exist_ok=True)
-    index = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "source": source, **settings,
-             "scaling_factor": encoders.scaling_factor, "shift_factor": encoders.shift_factor, "cond": sorted(cond),
-             "count": sum(s["count"] for s in shards), "shards": shards, "skipped": skipped}
+    index = {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "source": source,
+        **settings,
+        "scaling_factor": encoders.scaling_factor,
+        "shift_factor": encoders.shift_factor,
+        "cond": sorted(cond),
+        "count": sum(s["count"] for s in shards),
+        "shards": shards,
+        "skipped": skipped,
+    }
     tmp = out_dir / f".{CACHE_INDEX}.tmp"
     tmp.write_text(json.dumps(index, indent=2) + "\n")
     tmp.replace(out_dir / CACHE_INDEX)

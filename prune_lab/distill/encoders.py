@@ -47,8 +47,9 @@ def encode_moments(vae: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return vae.encode(pixels.to(vae.dtype)).latent_dist.parameters.float()
 
 
-def sample_latents(moments: torch.Tensor, generator: torch.Generator | None, scaling_factor: float,
-                   shift_factor: float = 0.0) -> torch.Tensor:
+def sample_latents(
+    moments: torch.Tensor, generator: torch.Generator | None, scaling_factor: float, shift_factor: float = 0.0
+) -> torch.Tensor:
     """Draw z_0 from the posterior (B, 2·C, h, w) -> (B, C, h, w), scaled as the U-Net expects (fp32)."""
     latents = DiagonalGaussianDistribution(moments.float()).sample(generator=generator)
     return (latents - shift_factor) * scaling_factor
@@ -56,8 +57,9 @@ def sample_latents(moments: torch.Tensor, generator: torch.Generator | None, sca
 
 # ------------------------------------------------------------------------------------------- conditioners
 def _tokens(tokenizer, texts: list[str], device) -> torch.Tensor:
-    return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
+    return tokenizer(
+        list(texts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
 
 
 class SDConditioner:
@@ -93,8 +95,9 @@ class SDXLConditioner:
             pooled = out[0]
         size = batch["pixel_values"].shape[-2:]
         target = torch.tensor(size, device=pooled.device).expand(len(batch["text"]), 2)
-        time_ids = torch.cat([batch["original_size"].to(pooled.device), batch["crop_top_left"].to(pooled.device),
-                              target], dim=1).to(pooled.dtype)
+        time_ids = torch.cat(
+            [batch["original_size"].to(pooled.device), batch["crop_top_left"].to(pooled.device), target], dim=1
+        ).to(pooled.dtype)
         return {"encoder_hidden_states": torch.cat(hidden, dim=-1), "text_embeds": pooled, "time_ids": time_ids}
 
 
@@ -159,18 +162,22 @@ class FrozenEncoders:
         return self.conditioner(batch)
 
 
-def load_encoders(root: Path, *, dtype: torch.dtype = torch.float32, device="cpu", vae: bool = True,
-                  text: bool = True) -> FrozenEncoders:
+def load_encoders(
+    root: Path, *, dtype: torch.dtype = torch.float32, device="cpu", vae: bool = True, text: bool = True
+) -> FrozenEncoders:
     """Load a pipeline folder's VAE and conditioner (frozen, `dtype`, on `device`); skip either with False."""
     root = Path(root)
     if not (root / "model_index.json").exists():
-        raise FileNotFoundError(f"{root} is not a diffusers pipeline folder (no model_index.json); images and "
-                                "captions need a pipeline teacher, or write a latents cache with "
-                                "`prunelab cache-latents` from one")
+        raise FileNotFoundError(
+            f"{root} is not a diffusers pipeline folder (no model_index.json); images and "
+            "captions need a pipeline teacher, or write a latents cache with "
+            "`prunelab cache-latents` from one"
+        )
     kind = conditioner_kind(root)
     cls = CONDITIONERS[kind]
     conditioner = cls(*[_load_component(root, c, dtype, device) for c in cls.components]) if text else None
     vae_model = _load_component(root, "vae", dtype, device) if vae else None
     config = json.loads((root / "vae" / "config.json").read_text())
-    return FrozenEncoders(vae_model, conditioner, float(config.get("scaling_factor", 0.18215)),
-                          float(config.get("shift_factor") or 0.0))
+    return FrozenEncoders(
+        vae_model, conditioner, float(config.get("scaling_factor", 0.18215)), float(config.get("shift_factor") or 0.0)
+    )

@@ -72,21 +72,25 @@ def _stage_pair(teacher: nn.Module, student: nn.Module, s_path: str, t_path: str
     """Stage output vs stage output, or vs the input of the teacher's resampler the student lacks."""
     t_has, s_has = _has_sampler(teacher, t_path), _has_sampler(student, s_path)
     if s_has and not t_has:
-        raise ValueError(f"student {s_path} has a resampler that teacher {t_path} lacks; is the student from this "
-                         "teacher?")
+        raise ValueError(
+            f"student {s_path} has a resampler that teacher {t_path} lacks; is the student from this teacher?"
+        )
     sampler = SAMPLERS[t_path.split(".")[0]]
     t_point = FeaturePoint(f"{t_path}.{sampler}.0", "input") if t_has and not s_has else FeaturePoint(t_path)
     return FeaturePair(FeaturePoint(s_path), t_point)
 
 
-def stage_pairs(teacher: nn.Module, student: nn.Module, resolution: Resolution,
-                unit_map: dict[str, str]) -> list[FeaturePair]:
+def stage_pairs(
+    teacher: nn.Module, student: nn.Module, resolution: Resolution, unit_map: dict[str, str]
+) -> list[FeaturePair]:
     """BK-SDM's pairs: every kept down stage, the mid stage, every kept up stage (student forward order)."""
     down = [s.path for s in resolution.down if not s.level_removed]
     up = [s.path for s in resolution.up if not s.level_removed]
     if (len(down), len(up)) != (len(student.down_blocks), len(student.up_blocks)):
-        raise ValueError(f"the student has {len(student.down_blocks)} down / {len(student.up_blocks)} up stages but "
-                         f"its plan keeps {len(down)} / {len(up)}; was it exported from this plan?")
+        raise ValueError(
+            f"the student has {len(student.down_blocks)} down / {len(student.up_blocks)} up stages but "
+            f"its plan keeps {len(down)} / {len(up)}; was it exported from this plan?"
+        )
     pairs = [_stage_pair(teacher, student, f"down_blocks.{k}", t) for k, t in enumerate(down)]
     if getattr(student, "mid_block", None) is not None and getattr(teacher, "mid_block", None) is not None:
         pairs.append(FeaturePair(FeaturePoint("mid_block"), FeaturePoint("mid_block")))
@@ -94,8 +98,9 @@ def stage_pairs(teacher: nn.Module, student: nn.Module, resolution: Resolution,
     return pairs
 
 
-def unit_pairs(teacher: nn.Module, student: nn.Module, resolution: Resolution,
-               unit_map: dict[str, str]) -> list[FeaturePair]:
+def unit_pairs(
+    teacher: nn.Module, student: nn.Module, resolution: Resolution, unit_map: dict[str, str]
+) -> list[FeaturePair]:
     """SSD-1B's layer-level pairs: every kept resnet, attention block and transformer layer (student order)."""
     order = {name: i for i, (name, _) in enumerate(student.named_modules())}
     pairs = []
@@ -103,8 +108,10 @@ def unit_pairs(teacher: nn.Module, student: nn.Module, resolution: Resolution,
         if s_path.split(".")[-2] not in UNIT_CONTAINERS:
             continue
         if s_path not in order or _submodule(teacher, t_path) is None:
-            raise ValueError(f"unit_map pairs student {s_path} with teacher {t_path}, but one of them does not "
-                             "exist; the unit_map.json does not belong to this teacher/student")
+            raise ValueError(
+                f"unit_map pairs student {s_path} with teacher {t_path}, but one of them does not "
+                "exist; the unit_map.json does not belong to this teacher/student"
+            )
         pairs.append(FeaturePair(FeaturePoint(s_path), FeaturePoint(t_path)))
     return sorted(pairs, key=lambda p: order[p.student.module])
 
@@ -113,8 +120,9 @@ def unit_pairs(teacher: nn.Module, student: nn.Module, resolution: Resolution,
 FEATURE_LAYERS: dict[str, Callable[..., list[FeaturePair]]] = {"stages": stage_pairs, "units": unit_pairs}
 
 
-def feature_pairs(teacher: nn.Module, student: nn.Module, resolution: Resolution, unit_map: dict[str, str],
-                  layers: str = "stages") -> list[FeaturePair]:
+def feature_pairs(
+    teacher: nn.Module, student: nn.Module, resolution: Resolution, unit_map: dict[str, str], layers: str = "stages"
+) -> list[FeaturePair]:
     """The feature pairs for `--feature-layers layers` (`stages` = BK-SDM, `units` = SSD-1B), or [] for `none`."""
     if layers == "none":
         return []
@@ -155,8 +163,10 @@ class FeatureTap:
     def _register(self, model: nn.Module, point: FeaturePoint):
         module = _submodule(model, point.module)
         if module is None:
-            raise ValueError(f"no module {point.module!r} in {type(model).__name__}; feature points must be module "
-                             "paths of the unwrapped model")
+            raise ValueError(
+                f"no module {point.module!r} in {type(model).__name__}; feature points must be module "
+                "paths of the unwrapped model"
+            )
         if point.at == "input":
             return module.register_forward_pre_hook(partial(self._store_input, point), with_kwargs=True)
         return module.register_forward_hook(partial(self._store_output, point))
@@ -183,8 +193,9 @@ class FeatureTap:
         """The recorded tensors in `points` order (and forget them)."""
         missing = [str(p) for p in self.points if p not in self._values]
         if missing:
-            raise RuntimeError(f"no feature was recorded at {missing[0]} (did the forward pass run inside "
-                               "capturing()?)")
+            raise RuntimeError(
+                f"no feature was recorded at {missing[0]} (did the forward pass run inside capturing()?)"
+            )
         values = [self._values[p] for p in self.points]
         self._values.clear()
         return values

@@ -49,9 +49,11 @@ class StudentBundle:
 def _check_family(plan: Plan, teacher: nn.Module, folder: Path) -> None:
     expected = fingerprint(teacher)
     if plan.base.get("fingerprint") not in (None, expected):
-        raise ValueError(f"student {folder} was pruned from architecture {plan.base['fingerprint']} "
-                         f"({plan.base.get('source', '?')}), but the teacher is {expected}; pass the --teacher the "
-                         "student was pruned from")
+        raise ValueError(
+            f"student {folder} was pruned from architecture {plan.base['fingerprint']} "
+            f"({plan.base.get('source', '?')}), but the teacher is {expected}; pass the --teacher the "
+            "student was pruned from"
+        )
 
 
 def _check_shapes(unet: nn.Module, teacher: nn.Module, plan: Plan, folder: Path) -> None:
@@ -60,8 +62,10 @@ def _check_shapes(unet: nn.Module, teacher: nn.Module, plan: Plan, folder: Path)
     actual = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
     if expected != actual:
         diff = sorted(set(expected.items()) ^ set(actual.items()))[0][0]
-        raise ValueError(f"the student in {folder} does not match its plan.json on this teacher (first difference: "
-                         f"{diff}); re-export it with `prunelab apply`")
+        raise ValueError(
+            f"the student in {folder} does not match its plan.json on this teacher (first difference: "
+            f"{diff}); re-export it with `prunelab apply`"
+        )
 
 
 def load_student(folder, teacher: nn.Module) -> StudentBundle:
@@ -74,8 +78,10 @@ def load_student(folder, teacher: nn.Module) -> StudentBundle:
     folder = Path(folder)
     for name in ("plan.json", "unit_map.json", "unet"):
         if not (folder / name).exists():
-            raise FileNotFoundError(f"{folder} is not a `prunelab apply` output (no {name}); export the student "
-                                    "with `prunelab apply --model TEACHER --keep PLAN --out DIR`")
+            raise FileNotFoundError(
+                f"{folder} is not a `prunelab apply` output (no {name}); export the student "
+                "with `prunelab apply --model TEACHER --keep PLAN --out DIR`"
+            )
     plan = Plan.load(folder / "plan.json")
     _check_family(plan, teacher, folder)
     resolution = resolve(plan, walk(teacher), fingerprint(teacher))
@@ -138,7 +144,7 @@ def list_checkpoints(out_dir) -> list[tuple[int, Path]]:
     root = Path(out_dir) / CHECKPOINTS_DIR
     found = []
     for path in root.glob(f"{CHECKPOINT_PREFIX}*") if root.is_dir() else []:
-        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        suffix = path.name[len(CHECKPOINT_PREFIX) :]
         if path.is_dir() and suffix.isdigit():
             found.append((int(suffix), path))
     return sorted(found)
@@ -157,13 +163,15 @@ def find_resume(out_dir, resume: str | None) -> Path | None:
         return found[-1][1] if found else None
     path = Path(resume)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass --resume latest or a folder under "
-                                f"{Path(out_dir) / CHECKPOINTS_DIR}")
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; pass --resume latest or a folder under "
+            f"{Path(out_dir) / CHECKPOINTS_DIR}"
+        )
     return path
 
 
 def checkpoint_step(path: Path) -> int:
-    suffix = path.name[len(CHECKPOINT_PREFIX):]
+    suffix = path.name[len(CHECKPOINT_PREFIX) :]
     if not path.name.startswith(CHECKPOINT_PREFIX) or not suffix.isdigit():
         raise ValueError(f"{path} is not a distill checkpoint folder ({CHECKPOINT_PREFIX}<step>)")
     return int(suffix)

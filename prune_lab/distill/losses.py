@@ -118,9 +118,14 @@ class DistillationLoss(nn.Module):
         self.lambda_task, self.lambda_out, self.lambda_feat = lambda_task, lambda_out, lambda_feat
         self.features = FeatureLoss()
 
-    def forward(self, student_out: torch.Tensor, target: torch.Tensor, teacher_out: torch.Tensor,
-                student_features: Sequence[torch.Tensor] = (),
-                teacher_features: Sequence[torch.Tensor] = ()) -> LossTerms:
+    def forward(
+        self,
+        student_out: torch.Tensor,
+        target: torch.Tensor,
+        teacher_out: torch.Tensor,
+        student_features: Sequence[torch.Tensor] = (),
+        teacher_features: Sequence[torch.Tensor] = (),
+    ) -> LossTerms:
         """Evaluate the objective.
 
         Args:

@@ -71,8 +71,9 @@ def _probe(model: nn.Module, points) -> list[torch.Tensor]:
         tap.remove()
 
 
-def feature_projections(teacher: nn.Module, student: nn.Module, pairs: Sequence[FeaturePair]
-                        ) -> FeatureProjections | None:
+def feature_projections(
+    teacher: nn.Module, student: nn.Module, pairs: Sequence[FeaturePair]
+) -> FeatureProjections | None:
     """Projections for the pairs whose channel counts differ (one probing forward of each model on zeros).
 
     Returns:
@@ -92,7 +93,9 @@ def feature_projections(teacher: nn.Module, student: nn.Module, pairs: Sequence[
         s_rest.pop(axis)
         t_rest.pop(axis)
         if s.dim() != t.dim() or s_rest != t_rest:
-            raise ValueError(f"feature pair {pair.name}: student {tuple(s.shape)} vs teacher {tuple(t.shape)} differ "
-                             "beyond the channel count; is the student from this teacher?")
+            raise ValueError(
+                f"feature pair {pair.name}: student {tuple(s.shape)} vs teacher {tuple(t.shape)} differ "
+                "beyond the channel count; is the student from this teacher?"
+            )
         widths.append(None if s.shape[axis] == t.shape[axis] else (s.shape[axis], t.shape[axis]))
     return FeatureProjections(widths) if any(widths) else None

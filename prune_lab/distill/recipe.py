@@ -95,8 +95,13 @@ class DistillConfig:
 
     def check(self) -> None:
         """Raise ValueError naming the first bad value."""
-        positive = {"max_steps": self.max_steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "resolution": self.resolution, "validation_every": self.validation_every}
+        positive = {
+            "max_steps": self.max_steps,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "resolution": self.resolution,
+            "validation_every": self.validation_every,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -162,12 +167,16 @@ class DistillRecipe:
     def setup(self) -> None:
         cfg = self.cfg
         plugin = GradientAccumulationPlugin(num_steps=cfg.grad_accum, sync_with_dataloader=False)
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_plugin=plugin,
-                                       log_with=cfg.report_to, project_config=ProjectConfiguration(
-                                           project_dir=str(self.out), logging_dir=str(self.out / "logs")))
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_plugin=plugin,
+            log_with=cfg.report_to,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "logs")),
+        )
         if self.out.exists() and any(self.out.iterdir()) and cfg.resume is None:
-            raise FileExistsError(f"{self.out} is not empty; pass --resume latest to continue that run, or another "
-                                  "--out")
+            raise FileExistsError(
+                f"{self.out} is not empty; pass --resume latest to continue that run, or another --out"
+            )
         self.accelerator.wait_for_everyone()  # every process has checked before anything is written
         self.dtype = MIXED_PRECISION[self.accelerator.mixed_precision]
         self._setup_models()
@@ -200,26 +209,36 @@ class DistillRecipe:
             self.encoders = FrozenEncoders(None, None, meta["scaling_factor"], meta.get("shift_factor", 0.0))
             self._check_cache(self.dataset)
         elif self.pipeline_root is None:
-            raise ValueError("training from images needs a pipeline teacher (VAE + text encoder); pass one as "
-                             "--teacher, or write a latents cache with `prunelab cache-latents`")
+            raise ValueError(
+                "training from images needs a pipeline teacher (VAE + text encoder); pass one as "
+                "--teacher, or write a latents cache with `prunelab cache-latents`"
+            )
         else:
             self.encoders = load_encoders(self.pipeline_root, dtype=self.dtype, device=self.accelerator.device)
         self.sampler = EpochSampler(len(self.dataset), cfg.seed)
-        self.loader = DataLoader(self.dataset, batch_sampler=BatchSampler(self.sampler, cfg.batch_size, True),
-                                 collate_fn=collate, num_workers=cfg.num_workers)
+        self.loader = DataLoader(
+            self.dataset,
+            batch_sampler=BatchSampler(self.sampler, cfg.batch_size, True),
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+        )
         self.scheduler = self._noise_scheduler()
 
     def _check_cache(self, cache: LatentCache) -> None:
         item = cache[0]
         channels = self.teacher.config.in_channels
         if item["moments"].shape[0] != 2 * channels:
-            raise ValueError(f"the cache holds {item['moments'].shape[0] // 2}-channel latents but the teacher takes "
-                             f"{channels}; write the cache from the teacher's pipeline")
+            raise ValueError(
+                f"the cache holds {item['moments'].shape[0] // 2}-channel latents but the teacher takes "
+                f"{channels}; write the cache from the teacher's pipeline"
+            )
         width = self.teacher.config.get("cross_attention_dim")
         cond = item["cond"].get("encoder_hidden_states")
         if cond is not None and width is not None and cond.shape[-1] != width:
-            raise ValueError(f"the cache's text embeddings are {cond.shape[-1]} wide but the teacher expects {width}; "
-                             "write the cache from the teacher's pipeline")
+            raise ValueError(
+                f"the cache's text embeddings are {cond.shape[-1]} wide but the teacher expects {width}; "
+                "write the cache from the teacher's pipeline"
+            )
 
     def _noise_scheduler(self):
         candidates = [self.pipeline_root / "scheduler"] if self.pipeline_root else []
@@ -241,8 +260,9 @@ class DistillRecipe:
         if self.projections is not None:
             self.projections = acc.prepare(self.projections)  # trained, synchronised and checkpointed with the student
         if len(self.loader) == 0:
-            raise ValueError(f"{len(self.dataset)} samples make no full batch of {cfg.batch_size} per process; lower "
-                             "--batch-size")
+            raise ValueError(
+                f"{len(self.dataset)} samples make no full batch of {cfg.batch_size} per process; lower --batch-size"
+            )
         self.unwrapped = acc.unwrap_model(self.student)
         acc.register_for_checkpointing(self.progress)
         if cfg.ema:
@@ -250,9 +270,17 @@ class DistillRecipe:
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
         loss = DistillationLoss(cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat)
-        self.kd = DistillStep(self.teacher, self.student, self.encoders, self.scheduler, loss, self.pairs,
-                              unwrapped_student=self.unwrapped, autocast=self.accelerator.autocast,
-                              project=self.projections)
+        self.kd = DistillStep(
+            self.teacher,
+            self.student,
+            self.encoders,
+            self.scheduler,
+            loss,
+            self.pairs,
+            unwrapped_student=self.unwrapped,
+            autocast=self.accelerator.autocast,
+            project=self.projections,
+        )
 
     def _projections(self):
         """Learnable 1x1 projections for a width-pruned student's narrower features (None for block students)."""
@@ -283,8 +311,9 @@ class DistillRecipe:
             step = self.progress.step if self.resumed_from else None
             self.log = LossLog(self.out / "losses.csv", self.columns, resume_step=step)
         if cfg.report_to:
-            acc.init_trackers("distill", config={k: v for k, v in asdict(cfg).items()
-                                                 if isinstance(v, (int, float, str, bool))})
+            acc.init_trackers(
+                "distill", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
+            )
         self.validator = ValidationSampler(self, cfg) if cfg.validation_prompts else None
         acc.wait_for_everyone()
 
@@ -302,8 +331,12 @@ class DistillRecipe:
         """Run optimizer steps until `max_steps` (from the resumed step, if any)."""
         cfg, acc = self.cfg, self.accelerator
         micro = self.progress.step * cfg.grad_accum
-        bar = tqdm(total=cfg.max_steps, initial=self.progress.step, desc="distill",
-                   disable=not (cfg.progress and acc.is_main_process))
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.progress.step,
+            desc="distill",
+            disable=not (cfg.progress and acc.is_main_process),
+        )
         batches, sums = self._batches(micro), None
         while self.progress.step < cfg.max_steps:
             batch = next(batches)
@@ -347,8 +380,10 @@ class DistillRecipe:
     def _diverged_message(self, step: int) -> str:
         found = list_checkpoints(self.out)
         keep = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was written yet"
-        return (f"loss is {self.last['loss']} at step {step}; stopped ({keep}). Lower --lr, or use "
-                "--mixed-precision bf16 / no")
+        return (
+            f"loss is {self.last['loss']} at step {step}; stopped ({keep}). Lower --lr, or use "
+            "--mixed-precision bf16 / no"
+        )
 
     def save_checkpoint(self) -> Path:
         """`accelerate.save_state` into `checkpoints/checkpoint-<step>` (staged, then renamed) + the total limit."""

@@ -46,9 +46,19 @@ class DistillStep:
             :class:`~prune_lab.distill.projection.FeatureProjections`); None compares them as they are.
     """
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, encoders: FrozenEncoders, scheduler,
-                 loss: DistillationLoss, pairs: Sequence[FeaturePair], *, unwrapped_student: nn.Module | None = None,
-                 autocast: Callable = nullcontext, project: Callable | None = None) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        encoders: FrozenEncoders,
+        scheduler,
+        loss: DistillationLoss,
+        pairs: Sequence[FeaturePair],
+        *,
+        unwrapped_student: nn.Module | None = None,
+        autocast: Callable = nullcontext,
+        project: Callable | None = None,
+    ) -> None:
         self.teacher, self.student, self.encoders, self.scheduler = teacher, student, encoders, scheduler
         self.loss, self.project = loss, project
         self.pairs, self.autocast = list(pairs), autocast

@@ -17,8 +17,10 @@ class ValidationSampler:
 
     def __init__(self, recipe, cfg) -> None:
         if recipe.pipeline_root is None:
-            raise ValueError("validation images need a pipeline (--teacher or the student folder must have "
-                             "model_index.json); drop --validation-prompts")
+            raise ValueError(
+                "validation images need a pipeline (--teacher or the student folder must have "
+                "model_index.json); drop --validation-prompts"
+            )
         self.recipe, self.cfg, self.pipe = recipe, cfg, None
 
     def _pipeline(self):
@@ -44,8 +46,13 @@ class ValidationSampler:
             with self.recipe.ema_weights(), acc.autocast():
                 for i, prompt in enumerate(self.cfg.validation_prompts):
                     generator = torch.Generator(acc.device).manual_seed(self.cfg.seed)
-                    image = self.pipe(prompt, num_inference_steps=self.cfg.validation_steps, generator=generator,
-                                      height=self.cfg.resolution, width=self.cfg.resolution).images[0]
+                    image = self.pipe(
+                        prompt,
+                        num_inference_steps=self.cfg.validation_steps,
+                        generator=generator,
+                        height=self.cfg.resolution,
+                        width=self.cfg.resolution,
+                    ).images[0]
                     paths.append(folder / f"{i:02d}.png")
                     image.save(paths[-1])
             self.recipe.unwrapped.train(was_training)

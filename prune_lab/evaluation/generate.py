@@ -119,15 +119,22 @@ def _pipeline_entry(model: str) -> tuple[type, dict]:
     try:
         name = DiffusionPipeline.load_config(model)["_class_name"]
     except OSError as e:
-        raise FileNotFoundError(f"--model {model}: no diffusers pipeline there (model_index.json); generation needs a "
-                                f"pipeline folder, e.g. one written by prunelab apply from a pipeline ({e})") from None
+        raise FileNotFoundError(
+            f"--model {model}: no diffusers pipeline there (model_index.json); generation needs a "
+            f"pipeline folder, e.g. one written by prunelab apply from a pipeline ({e})"
+        ) from None
     if name not in PIPELINES:
         raise ValueError(f"--model {model} is a {name}; prunelab generate runs {', '.join(PIPELINES)}")
     return PIPELINES[name]
 
 
-def load_pipeline(model: str | os.PathLike, *, scheduler: str = "pndm", dtype: torch.dtype = torch.float32,
-                  device: str | torch.device = "cpu") -> DiffusionPipeline:
+def load_pipeline(
+    model: str | os.PathLike,
+    *,
+    scheduler: str = "pndm",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> DiffusionPipeline:
     """Load a text-to-image pipeline folder (or hub id) with the chosen sampler.
 
     A prune_lab export whose ``unet/`` is in the compact format is rebuilt by :func:`prune_lab.load_pruned` and
@@ -164,8 +171,9 @@ def check_resume(out_dir: str | os.PathLike, settings: dict) -> None:
     diff = {k: (old.get(k), settings[k]) for k in known if old.get(k) != settings[k]}
     if diff:
         what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{out_dir} was generated with other settings ({what}); use another --out or the same "
-                         "settings to resume")
+        raise ValueError(
+            f"{out_dir} was generated with other settings ({what}); use another --out or the same settings to resume"
+        )
 
 
 def record_settings(out_dir: str | os.PathLike, settings: dict) -> Path:
@@ -180,8 +188,9 @@ def record_settings(out_dir: str | os.PathLike, settings: dict) -> Path:
     return path
 
 
-def pending(prompts: pd.DataFrame, out_dir: str | os.PathLike, ext: str = "png",
-            shard: tuple[int, int] = (0, 1)) -> list[int]:
+def pending(
+    prompts: pd.DataFrame, out_dir: str | os.PathLike, ext: str = "png", shard: tuple[int, int] = (0, 1)
+) -> list[int]:
     """Prompt indices of shard ``(k, n)`` (indices ``k, k+n, ...``) whose image is not in `out_dir` yet."""
     k, n = shard
     if not 0 <= k < n:
@@ -196,9 +205,15 @@ def _save(img, path: Path, ext: str) -> None:
     os.replace(tmp, path)
 
 
-def generate_images(pipe: DiffusionPipeline, prompts: pd.DataFrame, out_dir: str | os.PathLike,
-                    config: GenerationConfig = GenerationConfig(), *, shard: tuple[int, int] = (0, 1),
-                    progress: bool = False) -> GenerationResult:
+def generate_images(
+    pipe: DiffusionPipeline,
+    prompts: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    config: GenerationConfig = GenerationConfig(),
+    *,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = False,
+) -> GenerationResult:
     """Generate the missing images of one shard of `prompts` into `out_dir` (see the module docstring).
 
     Args:
@@ -217,24 +232,41 @@ def generate_images(pipe: DiffusionPipeline, prompts: pd.DataFrame, out_dir: str
     start = time.perf_counter()
     with tqdm(total=len(todo), unit="img", desc="generate", disable=not progress) as bar:
         for b in range(0, len(todo), config.batch_size):
-            batch = todo[b:b + config.batch_size]
+            batch = todo[b : b + config.batch_size]
             generators = [torch.Generator("cpu").manual_seed(prompt_seed(config.seed, i)) for i in batch]
-            images = pipe(prompt=[prompts["text"][i] for i in batch], num_inference_steps=config.steps,
-                          guidance_scale=config.guidance, height=size, width=size, generator=generators).images
+            images = pipe(
+                prompt=[prompts["text"][i] for i in batch],
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance,
+                height=size,
+                width=size,
+                generator=generators,
+            ).images
             for i, img in zip(batch, images, strict=True):
                 _save(img, out_dir / image_name(prompts["file_name"][i], config.ext), config.ext)
             bar.update(len(batch))
     return GenerationResult(out_dir, len(todo), total - len(todo), time.perf_counter() - start)
 
 
-def generation_settings(model: str, prompts_path: str, prompts: pd.DataFrame, config: GenerationConfig,
-                        dtype: torch.dtype, pipe: DiffusionPipeline | None = None) -> dict:
+def generation_settings(
+    model: str,
+    prompts_path: str,
+    prompts: pd.DataFrame,
+    config: GenerationConfig,
+    dtype: torch.dtype,
+    pipe: DiffusionPipeline | None = None,
+) -> dict:
     """The ``generation.json`` record of a run (the native resolution and pipeline class need `pipe`)."""
     local = Path(model).is_dir()
-    record = {"model": str(Path(model).resolve()) if local else str(model), "prompts": str(prompts_path),
-              "count": len(prompts), **asdict(config), "dtype": str(dtype).removeprefix("torch."),
-              "pipeline": type(pipe).__name__ if pipe is not None else None,
-              "seed_rule": "numpy SeedSequence((seed, prompt index))"}
+    record = {
+        "model": str(Path(model).resolve()) if local else str(model),
+        "prompts": str(prompts_path),
+        "count": len(prompts),
+        **asdict(config),
+        "dtype": str(dtype).removeprefix("torch."),
+        "pipeline": type(pipe).__name__ if pipe is not None else None,
+        "seed_rule": "numpy SeedSequence((seed, prompt index))",
+    }
     if pipe is not None and config.resolution is None:
         record["resolution"] = native_resolution(pipe)
     record.pop("batch_size")

@@ -45,8 +45,10 @@ def paired_images(folder: str | os.PathLike, prompts: pd.DataFrame) -> list[Path
     stems = [Path(str(name)).stem for name in prompts["file_name"]]
     missing = [s for s in stems if s not in by_stem]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(stems)} images named by the prompt file are missing from "
-                                f"{folder} (first: {missing[0]}); finish them with prunelab generate (it resumes)")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(stems)} images named by the prompt file are missing from "
+            f"{folder} (first: {missing[0]}); finish them with prunelab generate (it resumes)"
+        )
     return [by_stem[s] for s in stems]
 
 
@@ -88,8 +90,19 @@ def _stack(items: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(items)
 
 
-def image_batches(files: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor], *, size: int | None,
-                  batch_size: int, num_workers: int = 0) -> DataLoader:
+def image_batches(
+    files: Sequence[Path],
+    transform: Callable[[Image.Image], torch.Tensor],
+    *,
+    size: int | None,
+    batch_size: int,
+    num_workers: int = 0,
+) -> DataLoader:
     """Batches of transformed images in file order (images of different sizes raise ValueError: pass a resize)."""
-    return DataLoader(ImageFiles(files, size, transform), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, collate_fn=_stack)
+    return DataLoader(
+        ImageFiles(files, size, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_stack,
+    )

@@ -74,24 +74,40 @@ def _fid_mode(mode: str) -> FidMode:
     return FID_MODES[mode]
 
 
-def load_fid_extractor(mode: str = "legacy_pytorch", weights: str | os.PathLike | None = None,
-                       device: str | torch.device = "cpu") -> Extractor:
+def load_fid_extractor(
+    mode: str = "legacy_pytorch", weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> Extractor:
     """The Inception feature extractor of a :data:`FID_MODES` mode, from a local weights file when given."""
     spec = _fid_mode(mode)
     return spec.build(locate(spec.weights, weights), torch.device(device))
 
 
-def inception_features(files: Sequence[Path], extractor: Extractor, *, mode: str = "legacy_pytorch",
-                       size: int | None = None, batch_size: int = 50, num_workers: int = 0,
-                       device: str | torch.device = "cpu", progress: bool = False) -> np.ndarray:
+def inception_features(
+    files: Sequence[Path],
+    extractor: Extractor,
+    *,
+    mode: str = "legacy_pytorch",
+    size: int | None = None,
+    batch_size: int = 50,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
     """FID features ``[N, D]`` of image files: resized to `size` (BK-SDM's square bicubic), then the clean-fid
     image pipeline of the :data:`FID_MODES` entry `mode` (resize to 299), then `extractor`."""
     from cleanfid.fid import get_files_features
 
-    return get_files_features([str(f) for f in files], model=extractor, num_workers=num_workers,
-                              batch_size=batch_size, device=torch.device(device), mode=_fid_mode(mode).cleanfid_mode,
-                              custom_image_tranform=NumpyResize(size) if size else None,
-                              description="FID features", verbose=progress)
+    return get_files_features(
+        [str(f) for f in files],
+        model=extractor,
+        num_workers=num_workers,
+        batch_size=batch_size,
+        device=torch.device(device),
+        mode=_fid_mode(mode).cleanfid_mode,
+        custom_image_tranform=NumpyResize(size) if size else None,
+        description="FID features",
+        verbose=progress,
+    )
 
 
 @dataclass
@@ -119,8 +135,13 @@ class FIDStats:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, mu=self.mu, sigma=self.sigma, count=-1 if self.count is None else self.count,
-                     meta=json.dumps(self.meta))
+            np.savez(
+                f,
+                mu=self.mu,
+                sigma=self.sigma,
+                count=-1 if self.count is None else self.count,
+                meta=json.dumps(self.meta),
+            )
         os.replace(tmp, path)
         return path
 
@@ -152,14 +173,23 @@ def load_is_classifier(weights: str | os.PathLike | None = None, device: str | t
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     path = locate(INCEPTION, weights)
-    net = FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"],
-                                      feature_extractor_weights_path=str(path)).to(device)
+    net = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["logits_unbiased"], feature_extractor_weights_path=str(path)
+    ).to(device)
     return lambda images: net(images)[0]
 
 
 @torch.no_grad()
-def class_logits(files: Sequence[Path], classifier: Extractor, *, size: int | None = None, batch_size: int = 50,
-                 num_workers: int = 0, device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
+def class_logits(
+    files: Sequence[Path],
+    classifier: Extractor,
+    *,
+    size: int | None = None,
+    batch_size: int = 50,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> torch.Tensor:
     """Classifier logits ``[N, C]`` (float64) of image files read as uint8 ``[B, 3, H, W]`` after the resize."""
     loader = image_batches(files, pil_to_tensor, size=size, batch_size=batch_size, num_workers=num_workers)
     batches = tqdm(loader, desc="IS logits", disable=not progress)
@@ -203,8 +233,12 @@ def _check_clip_name(model: str, pretrained: str | None, checkpoint) -> None:
         raise ValueError(f"open_clip has no weights {pretrained!r} for {model}; known: {tags}")
 
 
-def load_clip(model: str = "ViT-g-14", pretrained: str | None = "laion2b_s34b_b88k",
-              checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> ClipModel:
+def load_clip(
+    model: str = "ViT-g-14",
+    pretrained: str | None = "laion2b_s34b_b88k",
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> ClipModel:
     """An open_clip model: `checkpoint` (a local file) or the published `pretrained` weights (cached / downloaded).
 
     Raises:
@@ -226,22 +260,32 @@ def load_clip(model: str = "ViT-g-14", pretrained: str | None = "laion2b_s34b_b8
         hub = (open_clip.get_pretrained_cfg(model, pretrained) or {}).get("hf_hub", "")
         where = f" (open_clip_pytorch_model.bin from https://huggingface.co/{hub.rstrip('/')})" if hub else ""
         state = "downloads are off" if offline() else str(e).splitlines()[0]
-        raise FileNotFoundError(f"CLIP weights {model} {pretrained} are not cached and {state}; pass "
-                                f"--clip-checkpoint PATH to a local copy{where}") from None
+        raise FileNotFoundError(
+            f"CLIP weights {model} {pretrained} are not cached and {state}; pass "
+            f"--clip-checkpoint PATH to a local copy{where}"
+        ) from None
     return ClipModel(net.eval(), preprocess, open_clip.get_tokenizer(model), " ".join(filter(None, (model, source))))
 
 
 @torch.no_grad()
-def clip_scores(files: Sequence[Path], texts: Sequence[str], clip: ClipModel, *, size: int | None = None,
-                batch_size: int = 50, num_workers: int = 0, device: str | torch.device = "cpu",
-                progress: bool = False) -> np.ndarray:
+def clip_scores(
+    files: Sequence[Path],
+    texts: Sequence[str],
+    clip: ClipModel,
+    *,
+    size: int | None = None,
+    batch_size: int = 50,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
     """Cosine similarity ``[N]`` between each image (after the resize and `clip.preprocess`) and its prompt."""
     if len(files) != len(texts):
         raise ValueError(f"{len(files)} images but {len(texts)} prompts")
     loader = image_batches(files, clip.preprocess, size=size, batch_size=batch_size, num_workers=num_workers)
     scores = []
     for b, images in enumerate(tqdm(loader, desc="CLIP score", disable=not progress)):
-        tokens = clip.tokenizer(list(texts[b * batch_size:(b + 1) * batch_size])).to(device)
+        tokens = clip.tokenizer(list(texts[b * batch_size : (b + 1) * batch_size])).to(device)
         image_emb = F.normalize(clip.model.encode_image(images.to(device)).float(), dim=-1)
         text_emb = F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
         scores.append((image_emb * text_emb).sum(-1).double().cpu())

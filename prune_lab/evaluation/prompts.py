@@ -39,8 +39,10 @@ def _check(df: pd.DataFrame, source: str) -> pd.DataFrame:
         raise ValueError(f"{source} has {int(empty.sum())} empty prompts (first: row {empty.idxmax()})")
     stems = df["file_name"].map(lambda name: Path(str(name)).stem)
     if stems.duplicated().any():
-        raise ValueError(f"{source} names the image {stems[stems.duplicated()].iloc[0]!r} twice; file_name must be "
-                         "unique (one image per row)")
+        raise ValueError(
+            f"{source} names the image {stems[stems.duplicated()].iloc[0]!r} twice; file_name must be "
+            "unique (one image per row)"
+        )
     return df.reset_index(drop=True)
 
 
@@ -56,13 +58,17 @@ def read_prompts(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist (make one with prunelab coco-prompts, or a .txt "
-                                "with one prompt per line)")
+        raise FileNotFoundError(
+            f"prompt file {path} does not exist (make one with prunelab coco-prompts, or a .txt "
+            "with one prompt per line)"
+        )
     if path.suffix.lower() == ".csv":
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         if "text" not in df.columns:
-            raise ValueError(f"{path} has no 'text' column (columns: {', '.join(map(str, df.columns))}); a prompt CSV "
-                             "needs 'text' and optionally 'file_name'")
+            raise ValueError(
+                f"{path} has no 'text' column (columns: {', '.join(map(str, df.columns))}); a prompt CSV "
+                "needs 'text' and optionally 'file_name'"
+            )
         if "file_name" not in df.columns:
             df["file_name"] = _default_names(len(df))
     else:
@@ -108,8 +114,10 @@ def coco_captions(annotations: str | os.PathLike, n: int | None = 30_000, seed: 
     """
     path = Path(annotations)
     if not path.is_file():
-        raise FileNotFoundError(f"COCO annotations {path} not found; pass --annotations "
-                                "annotations/captions_val2014.json from annotations_trainval2014.zip")
+        raise FileNotFoundError(
+            f"COCO annotations {path} not found; pass --annotations "
+            "annotations/captions_val2014.json from annotations_trainval2014.zip"
+        )
     data = json.loads(path.read_text(encoding="utf-8"))
     if "annotations" not in data or "images" not in data:
         raise ValueError(f"{path} is not a COCO captions file (needs 'images' and 'annotations')")
@@ -125,6 +133,12 @@ def coco_captions(annotations: str | os.PathLike, n: int | None = 30_000, seed: 
     for image_id in chosen.tolist():
         captions = sorted(by_image[image_id], key=lambda a: int(a["id"]))
         ann = captions[int(rng.integers(len(captions)))]
-        rows.append({"file_name": names[image_id], "text": " ".join(ann["caption"].split()), "image_id": image_id,
-                     "caption_id": int(ann["id"])})
+        rows.append(
+            {
+                "file_name": names[image_id],
+                "text": " ".join(ann["caption"].split()),
+                "image_id": image_id,
+                "caption_id": int(ann["id"]),
+            }
+        )
     return pd.DataFrame(rows)

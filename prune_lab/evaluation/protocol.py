@@ -40,8 +40,20 @@ from .metrics import (
     load_is_classifier,
 )
 
-RESULT_KEYS = ("images", "num_images", "prompts", "model", "fid", "is_mean", "is_std", "clip_score", "metrics",
-               "settings", "generation", "seconds")
+RESULT_KEYS = (
+    "images",
+    "num_images",
+    "prompts",
+    "model",
+    "fid",
+    "is_mean",
+    "is_std",
+    "clip_score",
+    "metrics",
+    "settings",
+    "generation",
+    "seconds",
+)
 
 
 @dataclass
@@ -76,8 +88,13 @@ class EvalSettings:
     progress: bool = False
 
     def loader_kwargs(self) -> dict:
-        return dict(size=self.resize, batch_size=self.batch_size, num_workers=self.num_workers, device=self.device,
-                    progress=self.progress)
+        return dict(
+            size=self.resize,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            progress=self.progress,
+        )
 
 
 @dataclass(frozen=True)
@@ -131,8 +148,9 @@ def check_settings(s: EvalSettings, has_prompts: bool) -> None:
     if "fid" in s.metrics and not (s.real or s.real_stats):
         raise ValueError("fid needs reference images: --real DIR (e.g. COCO val2014) and/or --real-stats FILE")
     if s.real_stats and not s.real and not Path(s.real_stats).is_file():
-        raise FileNotFoundError(f"--real-stats {s.real_stats} not found; write it once with --real DIR --real-stats "
-                                f"{s.real_stats}")
+        raise FileNotFoundError(
+            f"--real-stats {s.real_stats} not found; write it once with --real DIR --real-stats {s.real_stats}"
+        )
     if not has_prompts and any(METRICS[m].needs_prompts for m in s.metrics):
         raise ValueError("clip needs --prompts (the prompt of each image)")
     if s.resize is not None and s.resize < 1:
@@ -185,11 +203,15 @@ class Evaluator:
         wanted = self._stats_meta()
         clash = {k: v for k, v in wanted.items() if k in stats.meta and stats.meta[k] != v}
         if clash:
-            raise ValueError(f"{path} was computed with {', '.join(f'{k}={stats.meta[k]}' for k in clash)}, this run "
-                             f"uses {', '.join(f'{k}={v}' for k, v in clash.items())}; use another --real-stats file")
+            raise ValueError(
+                f"{path} was computed with {', '.join(f'{k}={stats.meta[k]}' for k in clash)}, this run "
+                f"uses {', '.join(f'{k}={v}' for k, v in clash.items())}; use another --real-stats file"
+            )
         if self.settings.real and stats.count is not None and stats.count != len(list_images(self.settings.real)):
-            raise ValueError(f"{path} covers {stats.count} images but {self.settings.real} holds "
-                             f"{len(list_images(self.settings.real))}; delete it to recompute")
+            raise ValueError(
+                f"{path} covers {stats.count} images but {self.settings.real} holds "
+                f"{len(list_images(self.settings.real))}; delete it to recompute"
+            )
         return stats
 
     def _settings_record(self) -> dict:
@@ -202,8 +224,9 @@ class Evaluator:
             record["clip_pretrained"] = None  # the weights came from elsewhere
         return record
 
-    def evaluate(self, folder: str | os.PathLike, prompts: pd.DataFrame | None = None,
-                 prompts_path: str | None = None) -> dict:
+    def evaluate(
+        self, folder: str | os.PathLike, prompts: pd.DataFrame | None = None, prompts_path: str | None = None
+    ) -> dict:
         """Score one image folder: the images named by `prompts` (in order), else every image in it."""
         s = self.settings
         check_settings(s, prompts is not None)
@@ -216,11 +239,20 @@ class Evaluator:
         for name in s.metrics:
             values.update(METRICS[name].score(self, networks[name], files, texts))
         generation = _read_generation(folder)
-        return {"images": str(folder), "num_images": len(files), "prompts": prompts_path,
-                "model": (generation or {}).get("model"), "fid": values.get("fid"), "is_mean": values.get("is_mean"),
-                "is_std": values.get("is_std"), "clip_score": values.get("clip_score"), "metrics": list(s.metrics),
-                "settings": self._settings_record(), "generation": generation,
-                "seconds": round(time.perf_counter() - start, 2)}
+        return {
+            "images": str(folder),
+            "num_images": len(files),
+            "prompts": prompts_path,
+            "model": (generation or {}).get("model"),
+            "fid": values.get("fid"),
+            "is_mean": values.get("is_mean"),
+            "is_std": values.get("is_std"),
+            "clip_score": values.get("clip_score"),
+            "metrics": list(s.metrics),
+            "settings": self._settings_record(),
+            "generation": generation,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
 
 
 def default_device() -> str:

@@ -129,8 +129,9 @@ def variant_plan(unet: nn.Module, variant: str, *, source: str) -> Plan:
         return Plan.load(variant)
     if variant in list_presets():
         return create_plan(unet, variant, source=source)
-    raise ValueError(f"{variant!r} is neither a preset ({', '.join(list_presets())}), an existing plan file nor a "
-                     "model folder")
+    raise ValueError(
+        f"{variant!r} is neither a preset ({', '.join(list_presets())}), an existing plan file nor a model folder"
+    )
 
 
 def _latent(unet: nn.Module, specs: tuple[ComponentSpec, ...], resolution: int | None) -> tuple[int, int]:

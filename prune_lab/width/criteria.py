@@ -61,17 +61,30 @@ def get_width_criterion(name: str) -> WidthCriterion:
     return WIDTH_CRITERIA[name]
 
 
-register_width_criterion(WidthCriterion(
-    "magnitude", lambda: tp.importance.MagnitudeImportance(p=2), False,
-    "group L2 norm of the coupled weights (Li et al. 2017; DepGraph, Fang et al. 2023)",
-))
-register_width_criterion(WidthCriterion(
-    "taylor", lambda: tp.importance.TaylorImportance(multivariable=False), True,
-    "|w * accumulated denoising-loss gradient| (Diff-Pruning, Fang et al. 2023; Molchanov et al. 2019)",
-))
-register_width_criterion(WidthCriterion(
-    "random", tp.importance.RandomImportance, False, "uniformly random channels (the sanity baseline)",
-))
+register_width_criterion(
+    WidthCriterion(
+        "magnitude",
+        lambda: tp.importance.MagnitudeImportance(p=2),
+        False,
+        "group L2 norm of the coupled weights (Li et al. 2017; DepGraph, Fang et al. 2023)",
+    )
+)
+register_width_criterion(
+    WidthCriterion(
+        "taylor",
+        lambda: tp.importance.TaylorImportance(multivariable=False),
+        True,
+        "|w * accumulated denoising-loss gradient| (Diff-Pruning, Fang et al. 2023; Molchanov et al. 2019)",
+    )
+)
+register_width_criterion(
+    WidthCriterion(
+        "random",
+        tp.importance.RandomImportance,
+        False,
+        "uniformly random channels (the sanity baseline)",
+    )
+)
 
 
 # ------------------------------------------------------------------------------------------ Taylor gradients
@@ -95,8 +108,9 @@ class TaylorSettings:
 
     def __post_init__(self) -> None:
         if self.timesteps < 1 or self.batch_size < 1:
-            raise ValueError(f"need --calib-timesteps >= 1 and --batch-size >= 1, got {self.timesteps}, "
-                             f"{self.batch_size}")
+            raise ValueError(
+                f"need --calib-timesteps >= 1 and --batch-size >= 1, got {self.timesteps}, {self.batch_size}"
+            )
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise ValueError(f"--timestep-threshold must be in (0, 1), got {self.threshold}")
 
@@ -110,8 +124,11 @@ class GradientPass:
     stopped_early: bool = False
 
     def to_dict(self) -> dict:
-        return {"timesteps": self.timesteps, "losses": [round(v, 6) for v in self.losses],
-                "stopped_early": self.stopped_early}
+        return {
+            "timesteps": self.timesteps,
+            "losses": [round(v, 6) for v in self.losses],
+            "stopped_early": self.stopped_early,
+        }
 
 
 def schedule(num_train_timesteps: int, count: int) -> list[int]:
@@ -129,8 +146,9 @@ def _conditioning(calib: Calibration, part: slice) -> dict:
     return kwargs
 
 
-def _timestep_loss(unet: nn.Module, calib: Calibration, noise: torch.Tensor, scheduler, t: int, batch_size: int
-                   ) -> float:
+def _timestep_loss(
+    unet: nn.Module, calib: Calibration, noise: torch.Tensor, scheduler, t: int, batch_size: int
+) -> float:
     """Backward of the mean denoising loss at timestep `t` over the calibration set; returns that loss."""
     device, total, n = next(unet.parameters()).device, 0.0, len(calib)
     for start in range(0, n, batch_size):
@@ -139,8 +157,10 @@ def _timestep_loss(unet: nn.Module, calib: Calibration, noise: torch.Tensor, sch
         steps = torch.full((x0.shape[0],), t, dtype=torch.long)
         noisy = scheduler.add_noise(x0, eps, steps)
         target = regression_target(scheduler, x0, eps, steps)
-        cond = {k: v.to(device) if torch.is_tensor(v) else {a: b.to(device) for a, b in v.items()}
-                for k, v in _conditioning(calib, part).items()}
+        cond = {
+            k: v.to(device) if torch.is_tensor(v) else {a: b.to(device) for a, b in v.items()}
+            for k, v in _conditioning(calib, part).items()
+        }
         out = unet(noisy.to(device), steps.to(device), **cond).sample
         loss = F.mse_loss(out.float(), target.to(device).float()) * (x0.shape[0] / n)
         loss.backward()
@@ -148,8 +168,9 @@ def _timestep_loss(unet: nn.Module, calib: Calibration, noise: torch.Tensor, sch
     return total
 
 
-def accumulate_gradients(unet: nn.Module, calib: Calibration, scheduler, settings: TaylorSettings,
-                         progress: bool = False) -> GradientPass:
+def accumulate_gradients(
+    unet: nn.Module, calib: Calibration, scheduler, settings: TaylorSettings, progress: bool = False
+) -> GradientPass:
     """Accumulate Σ_t ∂L_t/∂w into every parameter's `.grad` (Diff-Pruning's recipe, see the module docstring).
 
     Args:

@@ -221,8 +221,10 @@ def search_ratio(model: nn.Module, groups: list[ChannelGroup], budget: int, iter
     lo, hi = 0.0, 1.0
     smallest = estimate_params(model, groups, hi)
     if smallest > budget:
-        raise ValueError(f"the narrowest network this rounding allows has {smallest:,} parameters, above the "
-                         f"target {budget:,}; raise --target or lower --round-to")
+        raise ValueError(
+            f"the narrowest network this rounding allows has {smallest:,} parameters, above the "
+            f"target {budget:,}; raise --target or lower --round-to"
+        )
     full = estimate_params(model, groups, lo)
     if full <= budget:
         return RatioSearch(lo, full, None)

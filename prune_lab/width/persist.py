@@ -56,8 +56,11 @@ def _base_config(unet: nn.Module) -> dict:
 
 def _identity_map(unet: nn.Module) -> dict[str, str]:
     """Every resnet, attention block, transformer layer and sampler maps to itself (no block was moved)."""
-    return {name: name for name, _ in unet.named_modules()
-            if len(name.split(".")) >= 2 and name.split(".")[-2] in _MAPPED_LISTS}
+    return {
+        name: name
+        for name, _ in unet.named_modules()
+        if len(name.split(".")) >= 2 and name.split(".")[-2] in _MAPPED_LISTS
+    }
 
 
 def _write(unet: nn.Module, info: dict, loaded: LoadedModel, tmp: Path) -> None:
@@ -68,14 +71,24 @@ def _write(unet: nn.Module, info: dict, loaded: LoadedModel, tmp: Path) -> None:
     save_file(state, str(tmp / "unet" / WEIGHTS_NAME))
     (tmp / "unet" / PRUNED_MARKER).write_text(json.dumps(info, indent=2, default=list) + "\n")
     skeleton = instantiate(type(unet), {k: v for k, v in info["base_config"].items() if k != "_class_name"})
-    plan = make_plan(skeleton, [u.name for u in walk(skeleton).units], source=loaded.source,
-                     meta={"width_pruned": True, **info["width_pruning"]})
+    plan = make_plan(
+        skeleton,
+        [u.name for u in walk(skeleton).units],
+        source=loaded.source,
+        meta={"width_pruned": True, **info["width_pruning"]},
+    )
     plan.save(tmp / "plan.json")
     (tmp / "unit_map.json").write_text(json.dumps(_identity_map(unet), indent=2) + "\n")
 
 
-def save_width(unet: nn.Module, loaded: LoadedModel, out_dir: str | os.PathLike, *, provenance: dict | None = None,
-               overwrite: bool = False) -> Path:
+def save_width(
+    unet: nn.Module,
+    loaded: LoadedModel,
+    out_dir: str | os.PathLike,
+    *,
+    provenance: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a width-pruned `unet` (pruned from `loaded`) to `out_dir`, atomically (see the module docstring).
 
     Raises:
@@ -86,8 +99,13 @@ def save_width(unet: nn.Module, loaded: LoadedModel, out_dir: str | os.PathLike,
         raise FileExistsError(f"output folder {out_dir} exists and is not empty; pass --overwrite or another --out")
     base = _base_config(unet)
     reference = instantiate(type(unet), {k: v for k, v in base.items() if k != "_class_name"})
-    info = {"format": WIDTH_FORMAT, "version": WIDTH_VERSION, "base_config": base,
-            "widths": changed_widths(unet, reference), "width_pruning": dict(provenance or {})}
+    info = {
+        "format": WIDTH_FORMAT,
+        "version": WIDTH_VERSION,
+        "base_config": base,
+        "widths": changed_widths(unet, reference),
+        "width_pruning": dict(provenance or {}),
+    }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
@@ -119,8 +137,10 @@ def load_width(path: str | os.PathLike, info: dict | None = None) -> nn.Module:
     if info.get("format") != WIDTH_FORMAT:
         raise ValueError(f"{marker} is a {info.get('format')!r} export, not a width-pruned U-Net")
     if info.get("version", 0) > WIDTH_VERSION:
-        raise ValueError(f"{marker} has width-format version {info['version']}; this prune_lab reads up to "
-                         f"{WIDTH_VERSION}: upgrade prune_lab")
+        raise ValueError(
+            f"{marker} has width-format version {info['version']}; this prune_lab reads up to "
+            f"{WIDTH_VERSION}: upgrade prune_lab"
+        )
     base = dict(info["base_config"])
     cls = _CLASSES.get(base.pop("_class_name"), UNet2DConditionModel)
     skeleton = resize(instantiate(cls, base, meta=True), info["widths"])

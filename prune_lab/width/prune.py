@@ -110,11 +110,14 @@ class WidthResult:
 
 def _check_model(unet: nn.Module, round_to: int | None) -> None:
     if not isinstance(unet, (UNet2DConditionModel, UNet2DModel)):
-        raise ValueError(f"width pruning takes a diffusers UNet2DConditionModel or UNet2DModel, not "
-                         f"{type(unet).__name__}")
+        raise ValueError(
+            f"width pruning takes a diffusers UNet2DConditionModel or UNet2DModel, not {type(unet).__name__}"
+        )
     if on_meta(unet):
-        raise ValueError("width pruning needs real weights (importance is computed from them); load a checkpoint "
-                         "or a built-in without meta=True")
+        raise ValueError(
+            "width pruning needs real weights (importance is computed from them); load a checkpoint "
+            "or a built-in without meta=True"
+        )
     if round_to is not None and round_to < 1:
         raise ValueError(f"--round-to must be >= 1, got {round_to}")
 
@@ -156,11 +159,13 @@ def width_prune(
     _check_model(unet, round_to)
     reference = _reference(unet)
     if changed_widths(unet, reference):
-        raise ValueError("this U-Net is already width-pruned (its layers do not match its config); prune the "
-                         "original model instead")
+        raise ValueError(
+            "this U-Net is already width-pruned (its layers do not match its config); prune the original model instead"
+        )
     if spec.needs_gradients and (calibration is None or scheduler is None):
-        raise ValueError(f"criterion {criterion!r} needs calibration data (--calib-dir, --prompts, --calib-cache or "
-                         "--synthetic)")
+        raise ValueError(
+            f"criterion {criterion!r} needs calibration data (--calib-dir, --prompts, --calib-cache or --synthetic)"
+        )
     base = count_params(unet)
     unet.requires_grad_(True)
     pruner = build_pruner(unet, spec.importance())
@@ -176,6 +181,16 @@ def width_prune(
     unet.zero_grad(set_to_none=True)
     unet.requires_grad_(False).eval()
     widths = changed_widths(unet, reference)
-    return WidthResult(unet, criterion, target, round_to, search.ratio, base, count_params(unet), search.params,
-                       search.wider_params, widths, gradients)
-
+    return WidthResult(
+        unet,
+        criterion,
+        target,
+        round_to,
+        search.ratio,
+        base,
+        count_params(unet),
+        search.params,
+        search.wider_params,
+        widths,
+        gradients,
+    )

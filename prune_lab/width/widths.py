@@ -32,8 +32,18 @@ class LayerWidths:
 
 
 def _conv(m: nn.Conv2d, w: dict[str, int]) -> nn.Conv2d:
-    return nn.Conv2d(w["in_channels"], w["out_channels"], m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                     bias=m.bias is not None, padding_mode=m.padding_mode, device="meta")
+    return nn.Conv2d(
+        w["in_channels"],
+        w["out_channels"],
+        m.kernel_size,
+        m.stride,
+        m.padding,
+        m.dilation,
+        m.groups,
+        bias=m.bias is not None,
+        padding_mode=m.padding_mode,
+        device="meta",
+    )
 
 
 def _linear(m: nn.Linear, w: dict[str, int]) -> nn.Linear:
@@ -71,8 +81,12 @@ def _transformer(m: Transformer2DModel) -> dict[str, int]:
 
 
 def _attention(m: Attention) -> dict[str, int]:
-    return {"query_dim": m.to_q.in_features, "inner_dim": m.to_q.out_features, "inner_kv_dim": m.to_k.out_features,
-            "out_dim": m.to_out[0].out_features}
+    return {
+        "query_dim": m.to_q.in_features,
+        "inner_dim": m.to_q.out_features,
+        "inner_kv_dim": m.to_k.out_features,
+        "out_dim": m.to_out[0].out_features,
+    }
 
 
 #: diffusers containers whose width attributes follow from their layers (some are asserted in `forward`).
@@ -117,8 +131,10 @@ def resize(skeleton: nn.Module, widths: dict[str, dict[str, int]]) -> nn.Module:
         except AttributeError:
             module = None
         if type(module) not in LAYERS:
-            raise ValueError(f"width file names {name!r}, which is not a conv/linear/norm layer of the base model; "
-                             "was it written for another architecture?")
+            raise ValueError(
+                f"width file names {name!r}, which is not a conv/linear/norm layer of the base model; "
+                "was it written for another architecture?"
+            )
         set_submodule(skeleton, name, LAYERS[type(module)].rebuild(module, w))
     sync_attributes(skeleton)
     return skeleton
