@@ -132,6 +132,11 @@ def load_unet(model: str | os.PathLike, *, meta: bool = False, dtype: torch.dtyp
     if model in ARCHITECTURES:
         return LoadedModel(build_architecture(model, meta=meta), model, "builtin")
     if model in BUILTIN_PIPELINES:
+        if not (BUILTIN_PIPELINES[model] / "unet").is_dir():
+            raise FileNotFoundError(
+                f"the {model!r} pipeline's trained weights are not in this installation; train them with "
+                "`python -m prune_lab.demo.train` (issue 8) or pass a pipeline folder"
+            )
         return _load_local(BUILTIN_PIPELINES[model], model, dtype)
     path = Path(model).expanduser()
     if path.is_dir():
