@@ -129,14 +129,10 @@ def byte_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def build_tiny_pipeline(unet_config: dict = TINY_SD, seed: int = 0):
-    """A complete StableDiffusionPipeline with tiny random components."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_vae():
+    from diffusers import AutoencoderKL
 
-    unet = tiny_unet(unet_config, seed)
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
@@ -146,20 +142,35 @@ def build_tiny_pipeline(unet_config: dict = TINY_SD, seed: int = 0):
         norm_num_groups=8,
         sample_size=32,
     )
-    tokenizer = byte_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=unet_config["cross_attention_dim"],
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
+
+
+def tiny_text_config(tokenizer, hidden_size: int, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        **extra,
     )
+
+
+def build_tiny_pipeline(unet_config: dict = TINY_SD, seed: int = 0):
+    """A complete StableDiffusionPipeline with tiny random components."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    unet = tiny_unet(unet_config, seed)
+    torch.manual_seed(seed)
+    vae = tiny_vae()
+    tokenizer = byte_tokenizer()
+    text_encoder = CLIPTextModel(tiny_text_config(tokenizer, unet_config["cross_attention_dim"]))
     scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1)
     return StableDiffusionPipeline(
         unet=unet,
@@ -170,6 +181,24 @@ def build_tiny_pipeline(unet_config: dict = TINY_SD, seed: int = 0):
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0):
+    """A complete tiny SDXL pipeline: two text encoders (16 + 16 = cross_attention_dim 32), pooled projection 32."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(seed)
+    return StableDiffusionXLPipeline(
+        vae=tiny_vae(),
+        text_encoder=CLIPTextModel(tiny_text_config(tokenizer, 16)),
+        text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(tokenizer, 16, projection_dim=32)),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=tiny_unet(TINY_SDXL, seed),
+        scheduler=EulerDiscreteScheduler(),
     )
 
 

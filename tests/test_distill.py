@@ -310,46 +310,10 @@ def test_thirty_steps_on_a_fixed_batch_lower_the_kd_loss(tiny_pipeline_dir, imag
 # ---------------------------------------------------------------------------------------------------- SDXL
 @pytest.fixture(scope="module")
 def tiny_sdxl_dir(tmp_path_factory):
-    """A complete tiny SDXL pipeline: two text encoders (16 + 16 = cross_attention_dim 32), pooled projection 32."""
-    from conftest import byte_tokenizer
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from conftest import build_tiny_sdxl_pipeline
 
-    torch.manual_seed(0)
-    tokenizer = byte_tokenizer()
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
-    encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=32))
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
-        text_encoder_2=encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=tiny_unet(TINY_SDXL),
-        scheduler=EulerDiscreteScheduler(),
-    )
     path = tmp_path_factory.mktemp("sdxl") / "tiny-sdxl"
-    pipe.save_pretrained(path)
+    build_tiny_sdxl_pipeline().save_pretrained(path)
     return path
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_SDXL, byte_tokenizer, tiny_unet
+from conftest import build_tiny_sdxl_pipeline
 from PIL import Image
 
 from prune_lab.evaluation.generate import (
@@ -192,45 +192,10 @@ def test_pruned_export_loads_through_load_pruned(tiny_pipeline_dir, tmp_path):
     assert result.written == 1 and pixels(tmp_path / "imgs" / "000000.png").shape == (32, 32, 3)
 
 
-def tiny_sdxl_pipeline():
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    tokenizer = byte_tokenizer()
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-    torch.manual_seed(0)
-    return StableDiffusionXLPipeline(
-        vae=AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            block_out_channels=(8, 16),
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=32,
-        ),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text, projection_dim=32)),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=tiny_unet(TINY_SDXL),
-        scheduler=EulerDiscreteScheduler(),
-    )
-
-
 def test_sdxl_folder_loads_the_sdxl_pipeline(tmp_path):
     from diffusers import PNDMScheduler, StableDiffusionXLPipeline
 
-    tiny_sdxl_pipeline().save_pretrained(tmp_path / "sdxl")
+    build_tiny_sdxl_pipeline().save_pretrained(tmp_path / "sdxl")
     pipe = load_pipeline(tmp_path / "sdxl", scheduler="pndm")
     assert type(pipe) is StableDiffusionXLPipeline and type(pipe.scheduler) is PNDMScheduler
     generate_images(pipe, PROMPTS[:2], tmp_path / "imgs", GenerationConfig(steps=1, resolution=32, batch_size=2))
