@@ -96,6 +96,14 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from ..demo.world import World, write_folder
+
+    out = write_folder(World(args.world_seed), args.split, args.start, args.n, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.n} {args.split} scenes to {out} (metadata.csv: file_name,text and the attributes)")
+    return 0
+
+
 def _command(args: argparse.Namespace) -> str:
     parts = [
         "prunelab demo-quality",
@@ -137,9 +145,9 @@ def _report(settings: dict, real, generated, training, sizes, command: str) -> s
         f"Regenerate with `{command}` (took {s['scorer_s'] / 60:.1f} + {s['generation_s'] / 60:.1f} min on "
         f"{s['machine']}, {s['threads']} torch thread(s)).",
         "",
-        "Classification is zero-shot CLIP with the shipped scorer `demo-clip`: for each image and attribute, the "
-        "candidates are the caption with that attribute set to each of its values; the prediction is the most "
-        "similar candidate. Standard errors are binomial.",
+        "Classification is zero-shot CLIP with the shipped scorer `demo-clip`: an image's predicted attributes are "
+        "those of the world's caption most similar to it (each attribute read separately, so a right shape in "
+        "the wrong colour counts as right on shape). Standard errors are binomial.",
         "",
         f"## Scorer on {s['n']} held-out real images (world seed {s['world_seed']})",
         "",
@@ -168,7 +176,7 @@ def _report(settings: dict, real, generated, training, sizes, command: str) -> s
 
 
 def register(subparsers) -> None:
-    from ..demo import DEMO_DIR
+    from ..demo import DEMO_DIR, SAMPLING
 
     p = subparsers.add_parser(
         "demo-train",
@@ -186,19 +194,35 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
+    d = subparsers.add_parser(
+        "demo-data",
+        help="write demo-world scenes as an image-text folder (for distill, score, generate, eval)",
+        description="Render scenes of the demo world to NNNNNN.png + metadata.csv (file_name,text and the "
+        "attributes): training data for `distill --data`, calibration for `score --calib-dir`, prompts for "
+        "`generate`, reference images for `eval --real`.",
+    )
+    d.add_argument("--out", type=Path, required=True, help="folder to write")
+    d.add_argument("-n", "--n", type=int, default=1000, help="number of scenes")
+    d.add_argument("--split", choices=("train", "heldout"), default="train")
+    d.add_argument("--start", type=int, default=0, help="index of the first scene")
+    d.add_argument("--world-seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    d.set_defaults(func=_data)
+
     q = subparsers.add_parser(
         "demo-quality",
         help="measure the demo scorer and a pipeline on held-out scenes",
         description="Scorer accuracy on held-out real images and a pipeline's caption accuracy "
-        "on held-out captions (colour, shape, position, joint).",
+        "on held-out captions (colour, shape, joint).",
     )
     q.add_argument("--model", default="demo", help="pipeline to generate with: demo or a pipeline folder")
     q.add_argument("--clip-checkpoint", type=Path, help="demo-clip weights (default: the shipped ones)")
     q.add_argument("-n", "--n", type=int, default=500, help="held-out scenes (real images and captions)")
     q.add_argument("--world-seed", type=int, default=0)
-    q.add_argument("--scheduler", default="dpm", help="sampler (prunelab generate's names)")
-    q.add_argument("--steps", type=int, default=20)
-    q.add_argument("--guidance", type=float, default=5.0)
+
+    q.add_argument("--scheduler", default=SAMPLING["scheduler"], help="sampler (prunelab generate's names)")
+    q.add_argument("--steps", type=int, default=SAMPLING["steps"])
+    q.add_argument("--guidance", type=float, default=SAMPLING["guidance"])
     q.add_argument("--seed", type=int, default=0, help="initial-noise seed")
     q.add_argument("--batch-size", type=int, default=50)
     q.add_argument("--threads", type=int, help="torch CPU threads")

@@ -18,6 +18,7 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
     fields = DistillConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     values["progress"] = not args.no_progress
+    values["flip"] = not args.no_flip
     return DistillConfig(**values)
 
 
@@ -102,6 +103,7 @@ def _distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", help="`latest` (or a fresh start when there is none) or a checkpoint folder")
     p.add_argument("--seed", type=int)
     p.add_argument("--resolution", type=int, help="image side (default 512)")
+    p.add_argument("--no-flip", action="store_true", help="no random left-right flips (captions that name sides)")
     p.add_argument("--random-init", action="store_true", default=None, help="ablation: do not start from the teacher")
     p.add_argument("--num-workers", type=int, help="data loader workers (default 2)")
     p.add_argument("--report-to", choices=["tensorboard"], help="also log to tensorboard (out/logs)")

@@ -1,14 +1,20 @@
 """Quality figures of the demo models: how often the CLIP scorer reads a scene's attributes right, and how often a
 pipeline draws what its caption says.
 
-Classification is zero-shot CLIP (Radford et al., 2021): for an image meant to show caption ``c`` and an attribute
-(colour, shape, position), the candidates are ``c`` with that attribute set to each of its values
-(``world.ATTRIBUTES``); the prediction is the candidate with the highest image-text cosine similarity.
+Classification is zero-shot CLIP (Radford et al., 2021) over the world's captions (:data:`CANDIDATES`):
+
+* ``all`` (default): an attribute value scores its best caption's image-text cosine similarity (the maximum over
+  the other attributes), so the prediction is read off the best-matching caption of the whole world: a generated
+  image that draws the right shape in the wrong colour still counts as right on shape.
+* ``varied``: for an image meant to show caption ``c``, the candidates for an attribute are ``c`` with that
+  attribute set to each of its values (the other attributes taken from ``c``).
+
 For real held-out images the truth is the scene's attributes; for generated images it is the prompt's.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -23,6 +29,9 @@ from tqdm.auto import tqdm
 from . import DEMO_DIR
 from .clip import normalize
 from .world import ATTRIBUTES, World, caption
+
+#: How the candidate captions of an attribute are chosen (see the module docstring).
+CANDIDATES = ("all", "varied")
 
 
 @dataclass
@@ -67,40 +76,49 @@ class Classifier:
     def __init__(self, model, tokenizer):
         self.model = model
         self.values = {a: list(v) for a, v in ATTRIBUTES.items()}
-        self.captions = [
-            caption(c, s, p) for c in ATTRIBUTES["colour"] for s in ATTRIBUTES["shape"] for p in ATTRIBUTES["position"]
-        ]
+        self.captions = [caption(*combo) for combo in itertools.product(*ATTRIBUTES.values())]
         with torch.no_grad():
             text = F.normalize(model.encode_text(tokenizer(self.captions)).float(), dim=-1)
-        shape = tuple(len(v) for v in ATTRIBUTES.values())
-        self.text = text.reshape(*shape, -1)  # [colour, shape, position, D]
+        self.text = text.reshape(*(len(v) for v in ATTRIBUTES.values()), -1)  # [values of each attribute..., D]
 
     @torch.no_grad()
     def similarities(self, images: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity ``[B, colours, shapes, positions]`` of images ``[B, 3, H, W]`` in [0, 1] with every
-        caption."""
+        """Cosine similarity ``[B, colours, shapes]`` (one axis per attribute) of images ``[B, 3, H, W]`` in [0, 1]
+        with every caption."""
         emb = F.normalize(self.model.encode_image(normalize(self.model, images)).float(), dim=-1)
-        return torch.einsum("bd,cspd->bcsp", emb, self.text)
+        return (emb @ self.text.flatten(0, -2).t()).reshape(len(emb), *self.text.shape[:-1])
 
-    def classify(self, images: torch.Tensor, meant: list[dict[str, str]]) -> dict[str, list[str]]:
-        """Predicted value of each attribute for images meant to show the attributes `meant` (one dict each)."""
-        sims = self.similarities(images)
-        out: dict[str, list[str]] = {a: [] for a in ATTRIBUTES}
+    def classify(self, images: torch.Tensor, meant: list[dict[str, str]] | None = None) -> dict[str, list[str]]:
+        """Predicted value of each attribute for images ``[B, 3, H, W]`` in [0, 1].
+
+        Without `meant`, a value's score is its best caption's similarity (the maximum over the other attributes),
+        i.e. the attributes of the single best-matching caption of the world. With `meant` (one dict of
+        attributes per image), the candidates for an attribute are the meant caption with that attribute varied.
+        """
+        sims = self.similarities(images)  # [B, *values]
         names = list(ATTRIBUTES)
-        for b, attrs in enumerate(meant):
-            index = [self.values[a].index(attrs[a]) for a in names]
-            for axis, a in enumerate(names):
-                sel = list(index)
-                sel[axis] = slice(None)
-                out[a].append(self.values[a][int(sims[b][tuple(sel)].argmax())])
+        out: dict[str, list[str]] = {}
+        for axis, a in enumerate(names):
+            if meant is None:
+                others = tuple(d + 1 for d in range(len(names)) if d != axis)
+                scores = sims.amax(dim=others) if others else sims  # [B, values]
+            else:
+                index = [
+                    tuple(slice(None) if d == axis else self.values[n].index(m[n]) for d, n in enumerate(names))
+                    for m in meant
+                ]
+                scores = torch.stack([sims[b][i] for b, i in enumerate(index)])
+            out[a] = [self.values[a][i] for i in scores.argmax(dim=1).tolist()]
         return out
 
 
-def _score(classifier: Classifier, batches, n: int, progress: bool, desc: str) -> Accuracy:
+def _score(classifier: Classifier, batches, n: int, progress: bool, desc: str, candidates: str) -> Accuracy:
+    if candidates not in CANDIDATES:
+        raise ValueError(f"unknown candidates {candidates!r}; choose one of {', '.join(CANDIDATES)}")
     correct = {a: [] for a in ATTRIBUTES}
     with tqdm(total=n, desc=desc, disable=not progress) as bar:
         for images, truth, meant in batches:
-            predicted = classifier.classify(images, meant)
+            predicted = classifier.classify(images, meant if candidates == "varied" else None)
             for a in ATTRIBUTES:
                 correct[a] += [p == t[a] for p, t in zip(predicted[a], truth)]
             bar.update(len(images))
@@ -114,6 +132,7 @@ def scorer_accuracy(
     *,
     split: str = "heldout",
     batch_size: int = 250,
+    candidates: str = "all",
     progress: bool = False,
 ) -> Accuracy:
     """How often the scorer reads the attributes of `n` real `split` scenes right (truth: the scenes)."""
@@ -124,7 +143,7 @@ def scorer_accuracy(
             attrs = [s.attributes() for s in scenes]
             yield images, attrs, attrs
 
-    return _score(classifier, batches(), n, progress, "scorer accuracy")
+    return _score(classifier, batches(), n, progress, "scorer accuracy", candidates)
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -153,6 +172,7 @@ def generation_accuracy(
     seed: int = 0,
     batch_size: int = 50,
     split: str = "heldout",
+    candidates: str = "all",
     progress: bool = False,
 ) -> Accuracy:
     """How often `pipe`'s images for the captions of `n` `split` scenes show what the caption says."""
@@ -166,7 +186,7 @@ def generation_accuracy(
             attrs = [s.attributes() for s in scenes]
             yield images, attrs, attrs
 
-    return _score(classifier, batches(), n, progress, "generation accuracy")
+    return _score(classifier, batches(), n, progress, "generation accuracy", candidates)
 
 
 def shipped_sizes(root: str | Path | None = None) -> pd.DataFrame:

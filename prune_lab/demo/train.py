@@ -54,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     vae: StageConfig = field(default_factory=lambda: StageConfig(steps=1000, batch=16, lr=2e-3))
     clip: StageConfig = field(default_factory=lambda: StageConfig(steps=300, batch=64, lr=1e-3))
-    unet: StageConfig = field(default_factory=lambda: StageConfig(steps=1500, batch=32, lr=1e-3, warmup=100))
+    unet: StageConfig = field(default_factory=lambda: StageConfig(steps=2000, batch=32, lr=1e-3, warmup=100))
     caption_dropout: float = 0.1
     ema_decay: float = 0.995
     checkpoint_every: int = 100

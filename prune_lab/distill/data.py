@@ -193,18 +193,19 @@ class LatentCache(Dataset):
         return {"index": index, "moments": moments, "cond": cond}
 
 
-def open_dataset(path, resolution: int = 512, seed: int = 0) -> Dataset:
-    """A :class:`LatentCache` if `path` holds `cache.json`, else an :class:`ImageTextFolder`."""
+def open_dataset(path, resolution: int = 512, seed: int = 0, flip: bool = True) -> Dataset:
+    """A :class:`LatentCache` if `path` holds `cache.json`, else an :class:`ImageTextFolder` (`flip`: random
+    left-right flips; off for data whose captions name left and right)."""
     path = Path(path)
     if (path / CACHE_INDEX).exists():
-        cache = LatentCache(path, seed)
+        cache = LatentCache(path, seed, flip)
         if cache.meta["resolution"] != resolution:
             raise ValueError(
                 f"the cache {path} was written at resolution {cache.meta['resolution']}, not "
                 f"{resolution}; pass --resolution {cache.meta['resolution']} or rewrite the cache"
             )
         return cache
-    return ImageTextFolder(path, resolution, seed)
+    return ImageTextFolder(path, resolution, seed, flip)
 
 
 @dataclass

@@ -85,6 +85,7 @@ class DistillConfig:
     resume: str | None = None
     seed: int = 0
     resolution: int = 512
+    flip: bool = True
     random_init: bool = False
     num_workers: int = 2
     report_to: str | None = None
@@ -203,7 +204,7 @@ class DistillRecipe:
 
     def _setup_data(self) -> None:
         cfg = self.cfg
-        self.dataset = open_dataset(cfg.data, cfg.resolution, cfg.seed)
+        self.dataset = open_dataset(cfg.data, cfg.resolution, cfg.seed, cfg.flip)
         if isinstance(self.dataset, LatentCache):
             meta = self.dataset.meta
             self.encoders = FrozenEncoders(None, None, meta["scaling_factor"], meta.get("shift_factor", 0.0))
