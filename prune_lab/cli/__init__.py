@@ -20,6 +20,7 @@ COMMANDS = (
     "prune_lab.cli.distill",
     "prune_lab.cli.width",
     "prune_lab.cli.demo",
+    "prune_lab.cli.demo_run",
 )
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
 
