@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
+DEMO_REPORT ?= reports/demo
+DEMO_WORK ?= .cache/demo-run
 
 .PHONY: install test test-fast demo lint bench clean
 
@@ -23,14 +25,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The whole workflow on the trained demo model (report: $(DEMO_REPORT)/README.md; resumable, ~15 min on 2 cores),
+# then the BK-SDM presets at full SD-v1 size (structure only, meta weights).
 demo: $(STAMP)
+	$(BIN)/prunelab demo-run --out $(DEMO_REPORT) --work $(DEMO_WORK)
 	mkdir -p $(DEMO_OUT)
-	$(BIN)/prunelab blocks --model sd-v1 --format table
-	$(BIN)/prunelab presets --model sd-v1
-	$(BIN)/prunelab presets --model sdxl
 	$(BIN)/prunelab plan --model sd-v1 --preset bk-small -o $(DEMO_OUT)/bk-small.json
 	$(BIN)/prunelab report --model sd-v1 --compare bk-base bk-small bk-tiny mid-removal
-	$(BIN)/prunelab report --model sd-v1 --keep $(DEMO_OUT)/bk-small.json --per-unit --format csv > $(DEMO_OUT)/bk-small-units.csv
 
 lint: $(STAMP)
 	$(BIN)/ruff check prune_lab tests benchmarks

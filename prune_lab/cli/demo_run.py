@@ -51,6 +51,12 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.quiet:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     result = run_demo(config, args.work, args.out, command=_command(args), progress=not args.quiet)
     steps = result.job.record_frame().drop(columns="outputs").round(1)
     shown = ["model", "colour", "shape", "colour+shape", "fid", "unet_params_M", "unet_macs_G"]

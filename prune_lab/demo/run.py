@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 
 from . import CLIP_DIR, DISTILL, PIPELINE_DIR, SAMPLING
 
@@ -71,8 +70,8 @@ QUICK = RunConfig(
     calib_samples=4,
     timesteps=1,
     score_batch=4,
-    clip_prompts=2,
-    steps=2,
+    clip_prompts=1,
+    steps=1,
     distill_steps=2,
     distill_batch=4,
     eval_samples=4,
@@ -128,7 +127,7 @@ class Job:
 
     Attributes:
         config: the sizes; work: this run's folder (``<--work>/<run_key>``); out: where the report goes.
-        progress: show tqdm bars; records: one per step done so far (see :meth:`once`).
+        progress: show tqdm bars; records: one per step done so far (see :meth:`once`); bar: the run's step bar.
     """
 
     config: RunConfig
@@ -136,6 +135,7 @@ class Job:
     out: Path
     progress: bool = True
     records: list[StepRecord] = field(default_factory=list)
+    bar: Any = None
 
     def path(self, *parts: str) -> Path:
         return self.work.joinpath(*parts)
@@ -147,6 +147,8 @@ class Job:
     def once(self, step: str, outputs: list[Path], compute: Callable[[], object]) -> StepRecord:
         """Run `compute` unless every output exists; record the step (and the time it took when it ran)."""
         timings = self._timings()
+        if self.bar is not None:
+            self.bar.set_postfix_str(step)
         if all(p.exists() for p in outputs):
             record = StepRecord(step, "reused", timings.get(step, float("nan")), [str(p) for p in outputs])
         else:
@@ -158,6 +160,8 @@ class Job:
             record = StepRecord(step, "ran", time.perf_counter() - start, [str(p) for p in outputs])
             write_text(self.path("timings.json"), json.dumps({**timings, step: record.seconds}, indent=1))
         self.records.append(record)
+        if self.bar is not None:
+            self.bar.update(1)
         return record
 
     def record_frame(self) -> pd.DataFrame:
@@ -353,98 +357,6 @@ def distill(job: Job, student: Path, data: Path) -> Path:
     return folder
 
 
-# ------------------------------------------------------------------------------------------------- evaluation
-def _generated(job: Job, name: str, model: str | Path) -> torch.Tensor:
-    """Images ``[n, 3, 32, 32]`` in [0, 1] of `model` for the captions of the first n held-out scenes, with the
-    seeds of :func:`prune_lab.demo.quality.generation_accuracy` (kept in ``eval/<name>.pt``, so a killed
-    evaluation redoes only the models it had not finished)."""
-    from ..evaluation.generate import load_pipeline
-    from .quality import generate, image_seed
-    from .world import World
-
-    path, c = job.path("eval", f"{name}.pt"), job.config
-    if not path.exists():
-        pipe = load_pipeline(str(model), scheduler=c.scheduler)
-        scenes = World(c.seed).scenes("heldout", 0, c.eval_samples)
-        images = []
-        for start in range(0, len(scenes), 32):
-            part = scenes[start : start + 32]
-            seeds = [image_seed(c.seed, start + i) for i in range(len(part))]
-            images.append(generate(pipe, [s.caption for s in part], seeds, steps=c.steps, guidance=c.guidance))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(torch.cat(images), tmp)
-        os.replace(tmp, path)
-    return torch.load(path)
-
-
-def caption_accuracy(classifier, images: torch.Tensor, scenes) -> pd.DataFrame:
-    """Accuracy with standard errors (:meth:`prune_lab.demo.quality.Accuracy.to_frame`) of images ``[n, 3, H, W]``
-    meant to show `scenes`, read by the scorer as :func:`~prune_lab.demo.quality.generation_accuracy` reads them."""
-    from .quality import Accuracy
-
-    predicted = classifier.classify(images)
-    correct = {
-        a: np.array([p == s.attributes()[a] for p, s in zip(values, scenes)]) for a, values in predicted.items()
-    }
-    return Accuracy(len(scenes), correct).to_frame()
-
-
-def fid(model, images: torch.Tensor, real: torch.Tensor) -> float:
-    """FID between two image sets ``[n, 3, H, W]`` in [0, 1] in the demo scorer's embedding space."""
-    from ..evaluation.metrics import FIDStats, frechet_distance
-    from .clip import fid_extractor
-
-    extract = fid_extractor(model)
-    a, b = (FIDStats.from_features(extract(x * 255).numpy()) for x in (images, real))
-    return frechet_distance(a, b)
-
-
-def _costs(folders: dict[str, str | Path]) -> pd.DataFrame:
-    """U-Net params and MACs per model (:mod:`prune_lab.report`), one row per model."""
-    from ..models import load_unet
-    from ..report import compare, comparison_frame
-
-    names = list(folders)
-    frame = comparison_frame(compare(load_unet(MODEL), [str(folders[n]) for n in names[1:]]))
-    keep = ["unet_params_M", "unet_macs_G", "whole_macs_G"]
-    return frame[[k for k in keep if k in frame]].assign(model=names)
-
-
-def evaluate(job: Job, folders: dict[str, str | Path]) -> pd.DataFrame:
-    """Caption accuracy (colour, shape, both; binomial standard errors), FID against held-out real scenes in the
-    scorer's space (when `fid`), and U-Net params / MACs of each model in `folders` (``eval.csv``)."""
-    from .clip import load_scorer
-    from .quality import Classifier
-    from .world import World
-
-    path, c = job.path("eval.csv"), job.config
-
-    def compute() -> None:
-        model, _, tokenizer = load_scorer()
-        classifier = Classifier(model, tokenizer)
-        real, scenes = World(c.seed).batch("heldout", 0, c.eval_samples)
-        rows = []
-        for name, folder in folders.items():
-            images = _generated(job, name, folder)
-            acc = caption_accuracy(classifier, images, scenes).set_index("attribute")
-            row = {"model": name, "n": c.eval_samples}
-            for attribute, a in acc.iterrows():
-                row[attribute], row[f"{attribute}_se"] = a["accuracy"], a["stderr"]
-            row["fid"] = fid(model, images, real) if c.fid else float("nan")
-            rows.append(row)
-        table = pd.DataFrame(rows).merge(_costs(folders), on="model")
-        write_text(path, table.to_csv(index=False))
-
-    job.once("evaluate", [path], compute)
-    return pd.read_csv(path)
-
-
-def sample_images(job: Job, count: int = 8) -> dict[str, torch.Tensor]:
-    """The first `count` evaluation images of every model (``[count, 3, H, W]``), for the report's figure."""
-    return {name: torch.load(job.path("eval", f"{name}.pt"))[:count] for name in MODELS}
-
-
 # -------------------------------------------------------------------------------------------------------- run
 #: Step names, in order (the report names each one).
 STEPS = ("data", "units", "score", "plot", "plan", "apply", "distill", "evaluate", "report")
@@ -480,27 +392,23 @@ def run_demo(
     """
     from tqdm.auto import tqdm
 
+    from .run_eval import evaluate
     from .run_report import write_report
 
     job = open_job(config, work, out, progress)
-    bar = tqdm(total=len(STEPS), desc="demo-run", unit="step", disable=not progress)
-
-    def advance(value):
-        bar.set_postfix(done=job.records[-1].step if job.records else "")
-        bar.update(1)
-        return value
-
-    data = advance(write_data(job))
-    units = advance(list_units(job))
-    scores = advance(score(job, data))
-    advance(plot(job, scores))
-    plan_meta = advance(make_plan(job, scores))
-    student = advance(apply(job))
-    distilled = advance(distill(job, student, data))
-    evaluation = advance(evaluate(job, dict(zip(MODELS, (MODEL, student, distilled)))))
+    job.bar = tqdm(total=len(STEPS), desc="demo-run", unit="step", disable=not progress)
+    data = write_data(job)
+    units = list_units(job)
+    scores = score(job, data)
+    plot(job, scores)
+    plan_meta = make_plan(job, scores)
+    student = apply(job)
+    distilled = distill(job, student, data)
+    evaluation = evaluate(job, dict(zip(MODELS, (MODEL, student, distilled))))
+    job.bar.set_postfix_str("report")
     report = write_report(job, units, scores, plan_meta, evaluation, command)
-    advance(report)
-    bar.close()
+    job.bar.update(1)
+    job.bar.close()
     return DemoResult(job, units, scores, plan_meta, evaluation, report)
 
 

@@ -19,7 +19,8 @@ import torch
 from matplotlib.figure import Figure
 
 from ..cli.formatting import render
-from .run import Job, StepRecord, agreement, importance_summary, sample_images, write_text
+from .run import Job, StepRecord, agreement, importance_summary, write_text
+from .run_eval import sample_images
 
 #: What each step does, for the timings table.
 STEP_TEXT = {

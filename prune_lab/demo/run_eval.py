@@ -1,0 +1,108 @@
+"""The demo job's evaluation step: teacher, pruned and distilled students drawn on held-out captions, read by the
+demo scorer (caption accuracy with standard errors, FID in its embedding space), with params and MACs.
+
+Each model's images are kept in the run folder (``eval/<model>.pt``) as soon as they are drawn, so a killed
+evaluation redoes only the models it had not finished.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .run import MODEL, MODELS, Job, write_text
+
+
+def _generated(job: Job, name: str, model: str | Path) -> torch.Tensor:
+    """Images ``[n, 3, 32, 32]`` in [0, 1] of `model` for the captions of the first n held-out scenes, with the
+    seeds of :func:`prune_lab.demo.quality.generation_accuracy` (kept in ``eval/<name>.pt``, so a killed
+    evaluation redoes only the models it had not finished)."""
+    from ..evaluation.generate import load_pipeline
+    from .quality import generate, image_seed
+    from .world import World
+
+    path, c = job.path("eval", f"{name}.pt"), job.config
+    if not path.exists():
+        pipe = load_pipeline(str(model), scheduler=c.scheduler)
+        scenes = World(c.seed).scenes("heldout", 0, c.eval_samples)
+        images = []
+        for start in range(0, len(scenes), 32):
+            part = scenes[start : start + 32]
+            seeds = [image_seed(c.seed, start + i) for i in range(len(part))]
+            images.append(generate(pipe, [s.caption for s in part], seeds, steps=c.steps, guidance=c.guidance))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(torch.cat(images), tmp)
+        os.replace(tmp, path)
+    return torch.load(path)
+
+
+def caption_accuracy(classifier, images: torch.Tensor, scenes) -> pd.DataFrame:
+    """Accuracy with standard errors (:meth:`prune_lab.demo.quality.Accuracy.to_frame`) of images ``[n, 3, H, W]``
+    meant to show `scenes`, read by the scorer as :func:`~prune_lab.demo.quality.generation_accuracy` reads them."""
+    from .quality import Accuracy
+
+    predicted = classifier.classify(images)
+    correct = {
+        a: np.array([p == s.attributes()[a] for p, s in zip(values, scenes)]) for a, values in predicted.items()
+    }
+    return Accuracy(len(scenes), correct).to_frame()
+
+
+def fid(model, images: torch.Tensor, real: torch.Tensor) -> float:
+    """FID between two image sets ``[n, 3, H, W]`` in [0, 1] in the demo scorer's embedding space."""
+    from ..evaluation.metrics import FIDStats, frechet_distance
+    from .clip import fid_extractor
+
+    extract = fid_extractor(model)
+    a, b = (FIDStats.from_features(extract(x * 255).numpy()) for x in (images, real))
+    return frechet_distance(a, b)
+
+
+def _costs(folders: dict[str, str | Path]) -> pd.DataFrame:
+    """U-Net params and MACs per model (:mod:`prune_lab.report`), one row per model."""
+    from ..models import load_unet
+    from ..report import compare, comparison_frame
+
+    names = list(folders)
+    frame = comparison_frame(compare(load_unet(MODEL), [str(folders[n]) for n in names[1:]]))
+    keep = ["unet_params_M", "unet_macs_G", "whole_macs_G"]
+    return frame[[k for k in keep if k in frame]].assign(model=names)
+
+
+def evaluate(job: Job, folders: dict[str, str | Path]) -> pd.DataFrame:
+    """Caption accuracy (colour, shape, both; binomial standard errors), FID against held-out real scenes in the
+    scorer's space (when `fid`), and U-Net params / MACs of each model in `folders` (``eval.csv``)."""
+    from .clip import load_scorer
+    from .quality import Classifier
+    from .world import World
+
+    path, c = job.path("eval.csv"), job.config
+
+    def compute() -> None:
+        model, _, tokenizer = load_scorer()
+        classifier = Classifier(model, tokenizer)
+        real, scenes = World(c.seed).batch("heldout", 0, c.eval_samples)
+        rows = []
+        for name, folder in folders.items():
+            images = _generated(job, name, folder)
+            acc = caption_accuracy(classifier, images, scenes).set_index("attribute")
+            row = {"model": name, "n": c.eval_samples}
+            for attribute, a in acc.iterrows():
+                row[attribute], row[f"{attribute}_se"] = a["accuracy"], a["stderr"]
+            row["fid"] = fid(model, images, real) if c.fid else float("nan")
+            rows.append(row)
+        table = pd.DataFrame(rows).merge(_costs(folders), on="model")
+        write_text(path, table.to_csv(index=False))
+
+    job.once("evaluate", [path], compute)
+    return pd.read_csv(path)
+
+
+def sample_images(job: Job, count: int = 8) -> dict[str, torch.Tensor]:
+    """The first `count` evaluation images of every model (``[count, 3, H, W]``), for the report's figure."""
+    return {name: torch.load(job.path("eval", f"{name}.pt"))[:count] for name in MODELS}
