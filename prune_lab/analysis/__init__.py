@@ -9,8 +9,9 @@ the notebooks in ``notebooks/`` only call these functions and show what they ret
 * sensitivity: :func:`fig5_units`, :func:`score_table`, :func:`wide`, :func:`importance_spread`, :func:`grouped`,
   :func:`agreement_matrix`;
 * skips: :func:`skip_units`, :func:`skip_sensitivity`, :func:`example_removals`, :func:`removal_images`;
-* trade-offs (:mod:`.tradeoffs`): :func:`tradeoff_plans`, :func:`plan_tradeoffs`, :func:`caption_accuracy`,
-  :func:`pareto_mask`;
+* trade-offs (:mod:`.tradeoffs`): :func:`tradeoff_plans`, :func:`plan_summary`, :func:`plan_tradeoffs`,
+  :func:`caption_accuracy`, :func:`pareto_mask`;
+* running the notebooks: :mod:`.notebooks` (``python -m prune_lab.analysis.notebooks notebooks/*.ipynb``);
 * figures (:mod:`.figures`; tables in, ``matplotlib.figure.Figure`` out): :func:`plot_grouped`, :func:`plot_matrix`,
   :func:`plot_skip_modes`, :func:`plot_image_grid`, :func:`plot_tradeoffs`.
 
@@ -34,7 +35,15 @@ from .sensitivity import (
     with_places,
     world_batches,
 )
-from .tradeoffs import accuracy_columns, caption_accuracy, output_mse, pareto_mask, plan_tradeoffs, tradeoff_plans
+from .tradeoffs import (
+    accuracy_columns,
+    caption_accuracy,
+    output_mse,
+    pareto_mask,
+    plan_summary,
+    plan_tradeoffs,
+    tradeoff_plans,
+)
 
 __all__ = [
     "accuracy_columns",
@@ -47,6 +56,7 @@ __all__ = [
     "importance_spread",
     "output_mse",
     "pareto_mask",
+    "plan_summary",
     "plan_tradeoffs",
     "plot_grouped",
     "plot_image_grid",

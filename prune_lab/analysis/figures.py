@@ -72,7 +72,7 @@ def plot_skip_modes(table: pd.DataFrame, value: str = "importance", kind: str = 
     return fig
 
 
-def plot_image_grid(images: torch.Tensor, rows: Sequence[str], columns: Sequence[str] = ()) -> Figure:
+def plot_image_grid(images: torch.Tensor, rows: Sequence[str], columns: Sequence[str] = (), title: str = "") -> Figure:
     """Images ``[R, N, 3, H, W]`` in [0, 1] as an R x N grid, rows labelled on the left, columns on top."""
     n_rows, n_cols = images.shape[:2]
     fig = Figure(figsize=(0.9 * n_cols + 1.8, 0.9 * n_rows + 0.4), layout="constrained")
@@ -86,6 +86,8 @@ def plot_image_grid(images: torch.Tensor, rows: Sequence[str], columns: Sequence
             ax.set_title(columns[c], fontsize=6)
     for r, label in enumerate(rows):
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
 
 

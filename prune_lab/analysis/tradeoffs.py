@@ -12,7 +12,8 @@ import torch.nn as nn
 from ..demo.quality import Accuracy, Classifier, generation_accuracy
 from ..demo.world import World
 from ..export import build_student
-from ..plan import Plan
+from ..graph import UNetGraph
+from ..plan import Plan, expand_keep
 from ..presets import create_plan
 from ..report import profile_unet
 from ..scoring import DenoisingBatch
@@ -97,6 +98,19 @@ def _removed_blocks(compacted) -> int:
         return 0
     graph = compacted.resolution.graph
     return sum(graph[name].kind in ("resnet", "attention") for name in compacted.resolution.removed)
+
+
+def plan_summary(plans: Mapping[str, Plan], graph: UNetGraph) -> pd.DataFrame:
+    """One row per plan: `plan`, `kind` (preset / search), `removed_blocks` and their paper labels (`removed`)."""
+    blocks = graph.of_kind("resnet", "attention")
+    rows = []
+    for name, plan in plans.items():
+        kept = expand_keep(graph, plan.keep)
+        removed = [u.label for u in blocks if u.name not in kept]
+        rows.append(
+            {"plan": name, "kind": _plan_kind(plan), "removed_blocks": len(removed), "removed": " ".join(removed)}
+        )
+    return pd.DataFrame(rows)
 
 
 def _plan_kind(plan: Plan | None) -> str:
