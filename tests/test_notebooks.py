@@ -46,3 +46,22 @@ def test_notebook_runs_in_quick_mode(name, tmp_path):
     for text in strings:
         assert text in html, f"{name}: no table shows {text!r}"
     assert list(tmp_path.iterdir()) == []  # figures go to a scratch folder, never into the working folder
+
+
+def test_runner_passes_quick_mode_threads_and_working_folder(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from prune_lab.analysis.notebooks import write_notebook
+
+    source = "import os\nprint(os.environ['PRUNELAB_NOTEBOOK_QUICK'], os.environ['OMP_NUM_THREADS'], os.getcwd())"
+    path = write_notebook(new_notebook(cells=[new_code_cell(source)]), tmp_path / "probe.ipynb")
+    work = tmp_path / "work"
+    work.mkdir()
+    nb = execute_notebook(path, quick=True, cwd=work, threads=1)
+    assert nb.cells[0].outputs[0].text.split() == ["1", "1", str(work)]
+    write_notebook(nb, path)
+    assert nbformat.read(path, as_version=4).cells[0].outputs[0].text == nb.cells[0].outputs[0].text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.ipynb", "work"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        execute_notebook(tmp_path / "missing.ipynb", quick=True, cwd=work)
