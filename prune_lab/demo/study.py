@@ -70,6 +70,19 @@ def _json_atomic(path: Path, record) -> None:
     os.replace(tmp, path)
 
 
+def _check_work(config: StudyConfig, work: Path) -> None:
+    """Record `config` in ``work/config.json``, or check that the study there used the same settings (the arms may
+    differ: separate processes can retrain different arms in one work folder)."""
+    wanted = {k: v for k, v in asdict(config).items() if k != "arms"}
+    path = work / "config.json"
+    if path.is_file():
+        if json.loads(path.read_text()) != wanted:
+            raise ValueError(f"{work} holds a study with other settings ({path}); pass another --work folder")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    _json_atomic(path, wanted)
+
+
 def prepare(config: StudyConfig, work: Path) -> tuple[Path, Path]:
     """The retraining data folder and the pruned student (the preset applied to the demo teacher) under `work`."""
     from ..export import apply_plan
@@ -167,7 +180,7 @@ def run_study(config: StudyConfig, work: str | os.PathLike, *, progress: bool = 
 
     config.check()
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    _check_work(config, work)
     data, student = prepare(config, work)
     models = {"teacher": PIPELINE_DIR, f"{config.preset} (not retrained)": student}
     for arm in config.arms:
@@ -175,8 +188,9 @@ def run_study(config: StudyConfig, work: str | os.PathLike, *, progress: bool = 
     scorer, _, tokenizer = load_scorer()
     classifier = Classifier(scorer, tokenizer)
     correct, params = {}, {}
-    for i, (name, folder) in enumerate(models.items()):
-        correct[name] = measure(config, folder, work / "quality" / f"{i}.json", classifier, progress)
+    for name, folder in models.items():
+        record = work / "quality" / f"{name.replace(' ', '').replace('(', '-').replace(')', '')}.json"
+        correct[name] = measure(config, folder, record, classifier, progress)
         params[name] = sum(p.numel() for p in load_unet(str(folder)).unet.parameters())
     names = list(models)
     retrained = names[2:]
