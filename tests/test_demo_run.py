@@ -66,7 +66,7 @@ def test_plan_meets_its_budget_on_the_exported_student(quick_run):
 def test_evaluation_table(quick_run):
     _, _, folder = quick_run
     table = pd.read_csv(folder / "eval.csv").set_index("model")
-    assert list(table.index) == list(MODELS)
+    assert list(table.index) == [*MODELS, "real"]
     for column in ("colour", "shape", "colour+shape"):
         p = table[column]
         assert p.between(0, 1).all()
@@ -74,6 +74,7 @@ def test_evaluation_table(quick_run):
     assert (table["colour+shape"] <= table[["colour", "shape"]].min(axis=1) + 1e-12).all()
     assert table.loc["pruned", "unet_params_M"] < table.loc["teacher", "unet_params_M"]
     assert table.loc["pruned", "unet_params_M"] == table.loc["distilled", "unet_params_M"]
+    assert pd.isna(table.loc["real", "unet_params_M"]) and table["fid"].isna().all()  # --quick: no FID
 
 
 def test_report_names_every_step_and_its_figures_exist(quick_run):

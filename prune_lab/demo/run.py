@@ -127,7 +127,8 @@ class Job:
 
     Attributes:
         config: the sizes; work: this run's folder (``<--work>/<run_key>``); out: where the report goes.
-        progress: show tqdm bars; records: one per step done so far (see :meth:`once`); bar: the run's step bar.
+        progress: show tqdm bars; records: one per step done so far (see :meth:`once`); bar: the run's step bar;
+            started: when this invocation began (`time.perf_counter`).
     """
 
     config: RunConfig
@@ -136,6 +137,7 @@ class Job:
     progress: bool = True
     records: list[StepRecord] = field(default_factory=list)
     bar: Any = None
+    started: float = field(default_factory=time.perf_counter)
 
     def path(self, *parts: str) -> Path:
         return self.work.joinpath(*parts)
@@ -249,8 +251,8 @@ def score(job: Job, data: Path) -> pd.DataFrame:
         for criterion in list_criteria():
             part = job.path("scores", f"{criterion}.csv")
             if not part.exists():
-                run_sweep(inputs, units, [criterion], part, settings=settings, resume=True, macs=macs,
-                          progress=job.progress)  # fmt: skip
+                sweep = dict(settings=settings, resume=True, macs=macs, progress=job.progress)
+                run_sweep(inputs, units, [criterion], part, **sweep)
             tables.append(read_scores(part))
         write_scores(pd.concat(tables, ignore_index=True), path, {"criteria": list_criteria(), **settings})
 

@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from .run import MODEL, MODELS, Job, write_text
+
+BATCH = 32  # images per pipeline call
 
 
 def _generated(job: Job, name: str, model: str | Path) -> torch.Tensor:
@@ -30,10 +33,12 @@ def _generated(job: Job, name: str, model: str | Path) -> torch.Tensor:
         pipe = load_pipeline(str(model), scheduler=c.scheduler)
         scenes = World(c.seed).scenes("heldout", 0, c.eval_samples)
         images = []
-        for start in range(0, len(scenes), 32):
-            part = scenes[start : start + 32]
-            seeds = [image_seed(c.seed, start + i) for i in range(len(part))]
-            images.append(generate(pipe, [s.caption for s in part], seeds, steps=c.steps, guidance=c.guidance))
+        with tqdm(total=len(scenes), desc=f"generate {name}", unit="image", disable=not job.progress) as bar:
+            for start in range(0, len(scenes), BATCH):
+                part = scenes[start : start + BATCH]
+                seeds = [image_seed(c.seed, start + i) for i in range(len(part))]
+                images.append(generate(pipe, [s.caption for s in part], seeds, steps=c.steps, guidance=c.guidance))
+                bar.update(len(part))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(torch.cat(images), tmp)
@@ -74,9 +79,22 @@ def _costs(folders: dict[str, str | Path]) -> pd.DataFrame:
     return frame[[k for k in keep if k in frame]].assign(model=names)
 
 
+def _row(name: str, classifier, images: torch.Tensor, scenes, reference: torch.Tensor | None) -> dict:
+    """One table row: accuracy and standard error per attribute, and FID against `reference` (NaN without)."""
+    row = {"model": name, "n": len(scenes)}
+    for attribute, a in caption_accuracy(classifier, images, scenes).set_index("attribute").iterrows():
+        row[attribute], row[f"{attribute}_se"] = a["accuracy"], a["stderr"]
+    row["fid"] = fid(classifier.model, images, reference) if reference is not None else float("nan")
+    return row
+
+
 def evaluate(job: Job, folders: dict[str, str | Path]) -> pd.DataFrame:
-    """Caption accuracy (colour, shape, both; binomial standard errors), FID against held-out real scenes in the
-    scorer's space (when `fid`), and U-Net params / MACs of each model in `folders` (``eval.csv``)."""
+    """Caption accuracy (colour, shape, both; binomial standard errors), FID against the real held-out scenes in
+    the scorer's space (when `fid`), and U-Net params / MACs of each model in `folders` (``eval.csv``).
+
+    A last row, ``real``, reads the real scenes themselves (the scorer's accuracy: the ceiling) and gives the FID of
+    the next n real held-out scenes (the floor at this sample size).
+    """
     from .clip import load_scorer
     from .quality import Classifier
     from .world import World
@@ -86,17 +104,13 @@ def evaluate(job: Job, folders: dict[str, str | Path]) -> pd.DataFrame:
     def compute() -> None:
         model, _, tokenizer = load_scorer()
         classifier = Classifier(model, tokenizer)
-        real, scenes = World(c.seed).batch("heldout", 0, c.eval_samples)
-        rows = []
-        for name, folder in folders.items():
-            images = _generated(job, name, folder)
-            acc = caption_accuracy(classifier, images, scenes).set_index("attribute")
-            row = {"model": name, "n": c.eval_samples}
-            for attribute, a in acc.iterrows():
-                row[attribute], row[f"{attribute}_se"] = a["accuracy"], a["stderr"]
-            row["fid"] = fid(model, images, real) if c.fid else float("nan")
-            rows.append(row)
-        table = pd.DataFrame(rows).merge(_costs(folders), on="model")
+        world, n = World(c.seed), c.eval_samples
+        real, scenes = world.batch("heldout", 0, n)
+        reference = real if c.fid else None
+        rows = [_row(name, classifier, _generated(job, name, f), scenes, reference) for name, f in folders.items()]
+        floor = _row("real", classifier, real, scenes, None)
+        floor["fid"] = fid(model, world.batch("heldout", n, n)[0], real) if c.fid else float("nan")
+        table = pd.DataFrame([*rows, floor]).merge(_costs(folders), on="model", how="left")
         write_text(path, table.to_csv(index=False))
 
     job.once("evaluate", [path], compute)

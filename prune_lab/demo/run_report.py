@@ -96,6 +96,12 @@ def _md(df: pd.DataFrame, digits: int = 4) -> str:
     return render(df.round(digits), "markdown")
 
 
+def _significant(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Float columns as text with `digits` significant digits (importances span many orders of magnitude)."""
+    floats = df.select_dtypes("float").columns
+    return df.assign(**{c: [f"{v:.{digits}g}" if pd.notna(v) else "" for v in df[c]] for c in floats})
+
+
 def _label(units: pd.DataFrame):
     labels = dict(zip(units["name"], units["label"]))
     return lambda name: labels.get(name, name)
@@ -122,7 +128,7 @@ def _scores_section(job: Job, units: pd.DataFrame, scores: pd.DataFrame) -> list
         f"{c.clip_prompts} held-out captions generated with `{c.scheduler}`, {c.steps} steps, guidance "
         f"{c.guidance:g} per unit, scored by `demo-clip`. Importance: higher = more important.",
         "",
-        _md(summary),
+        render(_significant(summary), "markdown"),
         "",
         "`max_min_ratio`: importance of the most over the least important unit (empty when the least is <= 0, "
         "i.e. removing it raised the metric). Rank agreement between criteria (units matched by name):",
@@ -195,12 +201,12 @@ def _evaluation_section(job: Job, evaluation: pd.DataFrame) -> list[str]:
             f"{100 * a:.1f} ± {100 * s:.1f}%" for a, s in zip(table[attribute], table[f"{attribute}_se"])
         ]
     shown = ["model", "n", "colour", "shape", "colour+shape", "fid", "unet_params_M", "unet_macs_G", "whole_macs_G"]
-    captions = [s.caption for s in World(c.seed).scenes("heldout", 0, 8)]
-    plot_samples(sample_images(job), captions, job.out / "samples.png")
+    real, scenes = World(c.seed).batch("heldout", 0, 8)
+    plot_samples({**sample_images(job), "real": real}, [s.caption for s in scenes], job.out / "samples.png")
     fid = (
-        f"FID: Frechet distance between the {c.eval_samples} generated images and the {c.eval_samples} real held-out "
-        "scenes in `demo-clip`'s 64-d image-embedding space (`prune_lab.demo.clip.fid_extractor`; small n, so "
-        "biased upwards: compare rows, not with other reports)."
+        f"FID: Frechet distance to the {c.eval_samples} real held-out scenes in `demo-clip`'s 64-d image-embedding "
+        "space (`prune_lab.demo.clip.fid_extractor`); at this small n it is biased upwards, so compare rows with each "
+        f"other and with the `real` row (the next {c.eval_samples} real held-out scenes), not with other reports."
         if c.fid
         else "FID: off in this run."
     )
@@ -210,20 +216,20 @@ def _evaluation_section(job: Job, evaluation: pd.DataFrame) -> list[str]:
         f"Each model draws the captions of the first {c.eval_samples} held-out scenes (`{c.scheduler}`, {c.steps} "
         f"steps, guidance {c.guidance:g}, the seeds of `prune_lab.demo.quality.generation_accuracy`); `demo-clip` "
         "reads colour and shape off each image (zero-shot over the world's captions). Accuracy ± binomial "
-        "standard error. Params and MACs: `prune_lab.report` (U-Net per step; whole = text encoder + U-Net x 25 "
-        "steps + VAE decoder).",
+        "standard error; the `real` row reads the real scenes (the scorer's own accuracy, the ceiling). Params and "
+        "MACs: `prune_lab.report` (U-Net per step; whole = text encoder + U-Net x 25 steps + VAE decoder).",
         "",
         render(table[[s for s in shown if s in table]].round(3), "markdown"),
         "",
         fid,
         "",
-        "![samples: teacher, pruned, distilled](samples.png)",
+        "![samples: teacher, pruned, distilled, and the real scenes](samples.png)",
     ]
 
 
 def _header(job: Job, command: str, units: pd.DataFrame) -> list[str]:
     kinds = units.groupby("kind", sort=False).size().rename("units").reset_index()
-    total = sum(r.seconds for r in job.records)
+    total, wall = sum(r.seconds for r in job.records), time.perf_counter() - job.started
     return [
         "# prune_lab demo: score, plan, prune, distil and evaluate the `demo` model",
         "",
@@ -235,7 +241,8 @@ def _header(job: Job, command: str, units: pd.DataFrame) -> list[str]:
         "## Steps",
         "",
         f"Seconds each step took when it ran ({total / 60:.1f} min in all; `reused`: its outputs came from an "
-        "earlier run with the same settings and weights).",
+        f"earlier run with the same settings and weights). This invocation took {wall / 60:.1f} min of wall time, "
+        "loading included.",
         "",
         "TIMINGS",
         "",
