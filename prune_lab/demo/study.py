@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,25 @@ def _check_work(config: StudyConfig, work: Path) -> None:
         return
     work.mkdir(parents=True, exist_ok=True)
     _json_atomic(path, wanted)
+
+
+def _claim(record: Path) -> bool:
+    """Take the measurement of `record` for this process (a ``.lock`` file holding our pid); False while another
+    live process holds it. A lock left by a dead process is taken over."""
+    lock = record.with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            lock.write_text(str(os.getpid()))
+            return True
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
 
 
 def prepare(config: StudyConfig, work: Path) -> tuple[Path, Path]:
@@ -187,11 +207,18 @@ def run_study(config: StudyConfig, work: str | os.PathLike, *, progress: bool = 
         models[f"{config.preset} + {arm}"] = retrain(config, arm, data, student, work, progress)
     scorer, _, tokenizer = load_scorer()
     classifier = Classifier(scorer, tokenizer)
-    correct, params = {}, {}
-    for name, folder in models.items():
-        record = work / "quality" / f"{name.replace(' ', '').replace('(', '-').replace(')', '')}.json"
-        correct[name] = measure(config, folder, record, classifier, progress)
-        params[name] = sum(p.numel() for p in load_unet(str(folder)).unet.parameters())
+    correct, pending = {}, dict(models)
+    while pending:  # a model another live process is measuring is left for later, then read from its record
+        for name, folder in list(pending.items()):
+            record = work / "quality" / f"{name.replace(' ', '').replace('(', '-').replace(')', '')}.json"
+            if record.is_file() or _claim(record):
+                correct[name] = measure(config, folder, record, classifier, progress)
+                record.with_suffix(".lock").unlink(missing_ok=True)
+                del pending[name]
+        if pending:
+            time.sleep(5)
+    correct = {name: correct[name] for name in models}
+    params = {name: sum(p.numel() for p in load_unet(str(f)).unet.parameters()) for name, f in models.items()}
     names = list(models)
     retrained = names[2:]
     pairs = [(r, names[1]) for r in retrained] + [(names[0], r) for r in retrained]
