@@ -18,8 +18,15 @@ QUICK_ENV = "PRUNELAB_NOTEBOOK_QUICK"
 THREADS_ENV = "PRUNELAB_NOTEBOOK_THREADS"
 
 
-def execute_notebook(path: str | os.PathLike, *, quick: bool, cwd: str | os.PathLike, threads: int = 1, timeout=1800):
+def execute_notebook(
+    path: str | os.PathLike, *, quick: bool, cwd: str | os.PathLike, threads: int = 1, timeout: int | None = None
+):
     """Run every cell of the notebook at `path` in a fresh kernel working in `cwd`; return the executed notebook.
+
+    Args:
+        quick: run with :data:`QUICK_ENV` = 1 (tiny sample counts).
+        threads: torch / OpenMP threads of the kernel.
+        timeout: seconds one cell may take (None: no limit; a full run's scoring cells take many minutes).
 
     Raises:
         FileNotFoundError: no notebook at `path`.
