@@ -39,7 +39,13 @@ def execute_notebook(
     if not path.is_file():
         raise FileNotFoundError(f"notebook {path} does not exist")
     nb = nbformat.read(path, as_version=4)
-    env = {**os.environ, QUICK_ENV: "1" if quick else "0", THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads)}
+    env = {
+        "HF_HUB_OFFLINE": "1",  # the notebooks use local models only: never wait on the network
+        **os.environ,
+        QUICK_ENV: "1" if quick else "0",
+        THREADS_ENV: str(threads),
+        "OMP_NUM_THREADS": str(threads),
+    }
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", record_timing=False, resources={"metadata": {"path": str(cwd)}}
     )
