@@ -206,7 +206,8 @@ def _study(args: argparse.Namespace) -> int:
         [
             f"prunelab demo-study --out {args.out} --work {args.work} --preset {config.preset}",
             f"--steps {config.steps} --batch-size {config.batch_size} --lr {config.lr:g} --data-n {config.data_n}",
-            f"-n {config.n} --seed {config.seed}" + (f" --threads {args.threads}" if args.threads else ""),
+            f"-n {config.n} --seed {config.seed} --arms {' '.join(config.arms)}",
+            f"--threads {args.threads}" if args.threads else "",
         ]
     )
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)"
@@ -232,8 +233,8 @@ def _study_report(result: dict, command: str, machine: str, minutes: float) -> s
         [
             "# BK-SDM in miniature: block removal, then retraining with and without distillation",
             "",
-            f"Regenerate with `{command}` ({minutes:.0f} min on {machine}; finished steps are reused from the work "
-            "folder, so a re-run with the same work folder only rewrites this report).",
+            f"Regenerate with `{command.strip()}` ({machine}; this invocation took {minutes:.1f} min: retrained "
+            "arms and measurements already in the work folder are reused, so only the missing ones cost time).",
             "",
             f"The student is the `{c['preset']}` preset applied to the shipped demo teacher (`prunelab apply`). Every "
             f"retraining arm runs `prunelab distill` for the same {c['steps']} steps (batch {c['batch_size']}, "
