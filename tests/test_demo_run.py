@@ -121,3 +121,36 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, flags, message):
     assert main(["demo-run", "--quick", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_importance_summary_by_hand():
+    from prune_lab.demo.run import importance_summary
+
+    scores = pd.DataFrame(
+        {
+            "criterion": ["a", "a", "a", "b", "b"],
+            "name": ["x", "y", "z", "x", "y"],
+            "importance": [4.0, 0.5, 2.0, 1.0, -1.0],
+        }
+    )
+    table = importance_summary(scores).set_index("criterion")
+    assert table.loc["a", ["most", "least", "max_min_ratio", "non_positive"]].tolist() == ["x", "y", 8.0, 0]
+    assert table.loc["b", "most"] == "x" and math.isnan(table.loc["b", "max_min_ratio"])
+    assert table.loc["b", "non_positive"] == 1
+
+
+def test_caption_accuracy_by_hand():
+    from prune_lab.demo.run_eval import caption_accuracy
+    from prune_lab.demo.world import World
+
+    scenes = World(0).scenes("heldout", 0, 4)
+    colours = [s.colour for s in scenes[:3]] + ["wrong"]  # 3 of 4 right
+    shapes = ["wrong"] * 2 + [s.shape for s in scenes[2:]]  # 2 of 4 right, both right only on scene 2
+
+    class Fixed:
+        def classify(self, images):
+            return {"colour": colours, "shape": shapes}
+
+    table = caption_accuracy(Fixed(), None, scenes).set_index("attribute")
+    assert table["accuracy"].to_dict() == {"colour": 0.75, "shape": 0.5, "colour+shape": 0.25}
+    assert table.loc["shape", "stderr"] == pytest.approx(math.sqrt(0.25 / 4))
