@@ -240,8 +240,8 @@ def _study_report(result: dict, command: str, machine: str, minutes: float) -> s
             f"retraining arm runs `prunelab distill` for the same {c['steps']} steps (batch {c['batch_size']}, "
             f"AdamW at a constant {c['lr']:g}, no EMA, seed {c['seed']}) on the same {c['data_n']} training scenes; "
             "only the loss weights differ (task = denoising loss, out-kd = output-level KD, feat-kd = BK-SDM's "
-            "feature-level KD at every stage). These settings were fixed before any result was seen and were not "
-            "tuned on the outcome.",
+            "feature-level KD at every stage). Learning rate, batch, data and loss weights are the study's defaults, "
+            "fixed before its first result and never tuned on the outcome.",
             "",
             f"Every model draws the captions of the same {c['n']} held-out scenes from the same initial noises "
             f"(sampler `{c['sampling']['scheduler']}`, {c['sampling']['steps']} steps, guidance "

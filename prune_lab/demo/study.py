@@ -35,7 +35,7 @@ ARMS: dict[str, dict[str, float]] = {
 
 @dataclass
 class StudyConfig:
-    """What the study runs; chosen once before any result was seen and never tuned on the outcome.
+    """What the study runs (the defaults were fixed before the first result and never tuned on the outcome).
 
     Attributes:
         preset: the block-removal preset that makes the student (``bk-small``: BK-SDM-Small's cut).
