@@ -111,8 +111,10 @@ def plot_tradeoffs(
             marker, color = KIND_MARKERS.get(kind, ("o", DEFAULT_COLOR))
             yerr = part[error] if error else None
             ax.errorbar(part[cost], part[quality], yerr=yerr, fmt=marker, color=color, ms=7, capsize=2, label=kind)
-        for _, row in df.iterrows():
-            ax.annotate(row["plan"], (row[cost], row[quality]), xytext=(4, 3), textcoords="offset points", fontsize=7)
+        stagger = df[cost].rank(method="first").astype(int) % 3  # neighbours' labels on different lines
+        for (_, row), k in zip(df.iterrows(), stagger):
+            offset = (4, 3 - 9 * k)
+            ax.annotate(row["plan"], (row[cost], row[quality]), xytext=offset, textcoords="offset points", fontsize=7)
         front = df[pareto_mask(df, cost, quality, higher_is_better)].sort_values(cost)
         ax.plot(front[cost], front[quality], "-", color="#55A868", lw=1, zorder=0, label="Pareto front")
         ax.set_xlabel(cost)
