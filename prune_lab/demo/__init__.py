@@ -22,3 +22,43 @@ SAMPLING = {"scheduler": "dpm", "steps": 20, "guidance": 7.5}
 #: Settings that make ``prunelab distill`` fit the demo world: its image side, and no left-right flips (kept off
 #: for a world whose captions could name sides; harmless for centred shapes).
 DISTILL = {"resolution": 32, "flip": False}
+
+
+def distill_student(
+    student,
+    data,
+    out,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    teacher=PIPELINE_DIR,
+    checkpoint_every: int = 100,
+    progress: bool = True,
+    **loss_weights,
+):
+    """Retrain a `prunelab apply` student from the demo teacher with the shared recipe at the world's settings
+    (:data:`DISTILL`, one micro-batch per step, constant lr, the newest checkpoint kept, resuming a killed run);
+    `loss_weights` are `DistillConfig`'s ``lambda_*``. Returns the recipe's `TrainResult`."""
+    from ..distill.recipe import DistillConfig, DistillRecipe
+
+    cfg = DistillConfig(
+        teacher=str(teacher),
+        student=str(student),
+        data=str(data),
+        out=str(out),
+        max_steps=steps,
+        batch_size=batch_size,
+        grad_accum=1,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        checkpoints_limit=1,
+        resume="latest",
+        num_workers=0,
+        progress=progress,
+        **DISTILL,
+        **loss_weights,
+    )
+    return DistillRecipe(cfg).run()

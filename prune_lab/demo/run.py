@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import CLIP_DIR, DISTILL, PIPELINE_DIR, SAMPLING
+from . import CLIP_DIR, PIPELINE_DIR, SAMPLING, distill_student
 
 MODEL = "demo"
 #: The models the job evaluates, in report order.
@@ -329,30 +329,22 @@ def apply(job: Job) -> Path:
 def distill(job: Job, student: Path, data: Path) -> Path:
     """A short BK-SDM distillation of the student (feature + output KD, the shared recipe); resumes from its last
     checkpoint. ``distilled/done.json`` marks a finished run."""
-    from ..distill.recipe import DistillConfig, DistillRecipe
-
     folder, c = job.path("distilled"), job.config
     done = folder / "done.json"
 
     def compute() -> None:
-        cfg = DistillConfig(
-            teacher=MODEL,
-            student=str(student),
-            data=str(data),
-            out=str(folder),
-            max_steps=c.distill_steps,
+        result = distill_student(
+            student,
+            data,
+            folder,
+            steps=c.distill_steps,
             batch_size=c.distill_batch,
-            grad_accum=1,
             lr=c.lr,
-            checkpoint_every=max(1, c.distill_steps // 4),
-            checkpoints_limit=1,
-            resume="latest",
             seed=c.seed,
-            num_workers=0,
+            teacher=MODEL,
+            checkpoint_every=max(1, c.distill_steps // 4),
             progress=job.progress,
-            **DISTILL,
         )
-        result = DistillRecipe(cfg).run()
         write_text(done, json.dumps({"steps": result.step, "last": result.last}, indent=1) + "\n")
 
     job.once("distill", [done], compute)

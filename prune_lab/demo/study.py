@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import DISTILL, PIPELINE_DIR, SAMPLING
+from . import PIPELINE_DIR, SAMPLING, distill_student
 
 #: Retraining objectives compared by the study: loss weights passed to `DistillConfig` (BK-SDM Table 3 in small).
 ARMS: dict[str, dict[str, float]] = {
@@ -121,30 +121,20 @@ def prepare(config: StudyConfig, work: Path) -> tuple[Path, Path]:
 
 def retrain(config: StudyConfig, arm: str, data: Path, student: Path, work: Path, progress: bool = True) -> Path:
     """Retrain the pruned `student` with objective `arm` (resumes a killed run); the retrained pipeline folder."""
-    from ..distill.recipe import DistillConfig, DistillRecipe
-
     out = work / "arms" / arm
     if (out / "unet").is_dir() and (out / "done.json").is_file():
         return out
-    cfg = DistillConfig(
-        teacher=str(PIPELINE_DIR),
-        student=str(student),
-        data=str(data),
-        out=str(out),
-        max_steps=config.steps,
+    result = distill_student(
+        student,
+        data,
+        out,
+        steps=config.steps,
         batch_size=config.batch_size,
-        grad_accum=1,
         lr=config.lr,
         seed=config.seed,
-        checkpoint_every=100,
-        checkpoints_limit=1,
-        resume="latest",
-        num_workers=0,
         progress=progress,
-        **DISTILL,
         **ARMS[arm],
     )
-    result = DistillRecipe(cfg).run()
     _json_atomic(out / "done.json", {"step": result.step, "last": result.last})
     return out
 
