@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from prune_lab.backbones import build_student, create_plan
+from prune_lab.backbones.unet.architectures import ARCHITECTURES
+from prune_lab.backbones.unet.compaction import unit_map
 from prune_lab.distill.encoders import FrozenEncoders, encode_moments, unet_kwargs
 from prune_lab.distill.features import feature_pairs
 from prune_lab.distill.losses import DistillationLoss
 from prune_lab.distill.step import DistillStep, step_generator
-from prune_lab.export import build_student, unit_map
-from prune_lab.models import ARCHITECTURES
-from prune_lab.presets import create_plan
 
 #: Stable Diffusion v1's VAE and CLIP ViT-L/14 text encoder (public configs); `quick` ones at toy width.
 VAE = dict(

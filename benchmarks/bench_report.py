@@ -21,8 +21,9 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
-from prune_lab.models import ARCHITECTURES, LoadedModel
+from prune_lab.backbones.unet.architectures import ARCHITECTURES
 from prune_lab.report import report, unet_call
+from prune_lab.runtime.loading import LoadedModel
 
 QUICK = dict(
     ARCHITECTURES["sd-v1"],

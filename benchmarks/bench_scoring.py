@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
-from prune_lab.graph import walk
-from prune_lab.models import ARCHITECTURES, build_architecture
+from prune_lab.backbones import build_architecture, walk
+from prune_lab.backbones.unet.architectures import ARCHITECTURES
+from prune_lab.backbones.unet.staged import StagedUNet
 from prune_lab.scoring import (
     ScoringInputs,
-    StagedUNet,
     denoising_batches,
     noise_scheduler,
     run_sweep,

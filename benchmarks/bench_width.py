@@ -23,14 +23,15 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
+from prune_lab.backbones import build_student, create_plan
+from prune_lab.backbones.unet.architectures import ARCHITECTURES
 from prune_lab.cli.formatting import render
 from prune_lab.cli.report import paper_view
-from prune_lab.export import build_student
-from prune_lab.models import ARCHITECTURES, LoadedModel, load_unet
-from prune_lab.presets import create_plan
+from prune_lab.models import load_unet
 from prune_lab.report import LatencySettings, comparison_frame, report
 from prune_lab.report.components import component_specs
 from prune_lab.report.summary import profile_components
+from prune_lab.runtime.loading import LoadedModel
 from prune_lab.width import Target, width_prune
 
 QUICK = dict(

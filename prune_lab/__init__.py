@@ -9,12 +9,24 @@ The public API, by stage of the workflow:
 * what to change: :class:`Plan`, :func:`create_plan` (presets), :func:`make_plan`.
 """
 
-from .export import apply_plan, build_student, load_pruned
-from .graph import UNetGraph, Unit, walk
-from .models import ARCHITECTURES, build_architecture, load_unet
-from .plan import Plan, fingerprint, resolve
-from .presets import create_plan, list_presets, make_plan
-from .surgery import ChannelInterpolation, taken_out
+from .backbones import (
+    build_architecture,
+    build_student,
+    create_plan,
+    list_presets,
+    make_plan,
+    resolve,
+    taken_out,
+    walk,
+)
+from .backbones.unet.architectures import ARCHITECTURES
+from .backbones.unet.graph import UNetGraph
+from .backbones.unet.surgery import ChannelInterpolation
+from .formats import load_pruned
+from .formats.block import apply_plan
+from .models import load_unet
+from .plan import Plan, fingerprint
+from .units import Unit
 
 __version__ = "0.1.0"
 

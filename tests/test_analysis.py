@@ -12,11 +12,9 @@ import torch
 from conftest import build_tiny_pipeline, tiny_unet
 
 from prune_lab import analysis as A
+from prune_lab.backbones import build_student, create_plan, taken_out, walk
 from prune_lab.demo.quality import Accuracy, generate, image_seed
 from prune_lab.demo.world import World, write_folder
-from prune_lab.export import build_student
-from prune_lab.graph import walk
-from prune_lab.presets import create_plan
 from prune_lab.report import profile_unet
 from prune_lab.scoring import (
     ScoringInputs,
@@ -29,7 +27,6 @@ from prune_lab.scoring import (
     synthetic_calibration,
 )
 from prune_lab.search import build_problem, parse_budget, search
-from prune_lab.surgery import taken_out
 
 
 @pytest.fixture(scope="module")

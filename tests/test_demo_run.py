@@ -32,7 +32,7 @@ def quick_run(tmp_path_factory):
 
 
 def test_every_criterion_scores_every_block_and_skip(quick_run):
-    from prune_lab.graph import walk
+    from prune_lab.backbones import walk
     from prune_lab.models import load_unet
     from prune_lab.scoring import list_criteria, read_scores
 
@@ -48,7 +48,7 @@ def test_every_criterion_scores_every_block_and_skip(quick_run):
 
 
 def test_plan_meets_its_budget_on_the_exported_student(quick_run):
-    from prune_lab.export import load_pruned
+    from prune_lab.formats import load_pruned
     from prune_lab.models import load_unet
     from prune_lab.plan import Plan
 

@@ -11,14 +11,13 @@ from conftest import TINY_SD, TINY_SDXL, tiny_unet, unet_inputs
 from diffusers import DDPMScheduler
 from PIL import Image
 
+from prune_lab.backbones import build_student, create_plan, walk
+from prune_lab.backbones.unet.compaction import unit_map
 from prune_lab.distill.data import ImageTextFolder, LatentCache, collate, flip_for, write_latent_cache
 from prune_lab.distill.encoders import FrozenEncoders, SDXLConditioner, load_encoders
 from prune_lab.distill.features import FeaturePoint, FeatureTap, feature_pairs
 from prune_lab.distill.losses import DistillationLoss, FeatureLoss, regression_target
 from prune_lab.distill.step import DistillStep, step_generator
-from prune_lab.export import build_student, unit_map
-from prune_lab.graph import walk
-from prune_lab.presets import create_plan
 
 
 def write_image_folder(folder, n: int = 8, corrupt: bool = True, size=(40, 36)):

@@ -16,11 +16,12 @@ from safetensors.torch import load_file
 from test_distill import write_image_folder
 
 from prune_lab import load_unet, walk
+from prune_lab.backbones import create_plan, make_plan
 from prune_lab.cli import main
 from prune_lab.distill import recipe as recipe_module
 from prune_lab.distill.recipe import DistillConfig, DistillRecipe, DivergedError
-from prune_lab.export import PRUNED_MARKER, apply_plan, load_pruned
-from prune_lab.presets import create_plan, make_plan
+from prune_lab.formats import PRUNED_MARKER, load_pruned
+from prune_lab.formats.block import apply_plan
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,7 @@ def test_scheduler_registry(tiny_pipeline_dir, name, tmp_path):
 
 def test_pruned_export_loads_through_load_pruned(tiny_pipeline_dir, tmp_path):
     from prune_lab import apply_plan, load_pruned, load_unet, make_plan, walk
-    from prune_lab.export import PRUNED_MARKER
+    from prune_lab.formats import PRUNED_MARKER
 
     loaded = load_unet(tiny_pipeline_dir)
     graph = walk(loaded.unet)

@@ -5,12 +5,14 @@ import torch
 from conftest import TINY_SD, TINY_SDXL, run_unet, tiny_unet, unet_inputs
 from diffusers import UNet2DConditionModel
 
-from prune_lab.export import apply_plan, build_student, load_pruned, unit_map
-from prune_lab.graph import walk
-from prune_lab.models import ARCHITECTURES, LoadedModel, build_architecture, load_unet
+from prune_lab.backbones import build_architecture, build_student, create_plan, make_plan, taken_out, walk
+from prune_lab.backbones.unet.architectures import ARCHITECTURES
+from prune_lab.backbones.unet.compaction import unit_map
+from prune_lab.formats import load_pruned
+from prune_lab.formats.block import apply_plan
+from prune_lab.models import load_unet
 from prune_lab.plan import Plan
-from prune_lab.presets import create_plan, make_plan
-from prune_lab.surgery import taken_out
+from prune_lab.runtime.loading import LoadedModel
 
 SD_TYPES = dict(down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3)
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import run_unet, tiny_ldm_unet, unet_inputs
 
-from prune_lab.graph import walk
-from prune_lab.models import ARCHITECTURES, build_architecture
+from prune_lab.backbones import build_architecture, walk
+from prune_lab.backbones.unet.architectures import ARCHITECTURES
 
 
 def kinds(graph):
@@ -144,6 +144,6 @@ def test_unknown_name_suggests_the_closest(sd_unet):
         graph["down_blocks.0.resnet.0"]
 
 
-def test_walk_rejects_non_unets():
-    with pytest.raises(ValueError, match="not a diffusers U-Net"):
+def test_walk_rejects_models_no_backbone_handles():
+    with pytest.raises(ValueError, match="no backbone for a Linear; it handles: UNet2DConditionModel, UNet2DModel"):
         walk(torch.nn.Linear(2, 2))

@@ -2,9 +2,8 @@ import json
 
 import pytest
 
-from prune_lab.graph import walk
-from prune_lab.plan import Plan, expand_keep, fingerprint, resolve
-from prune_lab.presets import create_plan, make_plan
+from prune_lab.backbones import create_plan, make_plan, resolve, walk
+from prune_lab.plan import Plan, expand_keep, fingerprint
 
 
 def all_atoms(graph):
@@ -190,7 +189,7 @@ def test_make_plan_refuses_keep_lists_the_container_rule_would_change(sd_unet):
 
 
 def test_read_importance_picks_one_criterion(tmp_path):
-    from prune_lab.presets import read_importance
+    from prune_lab.backbones import read_importance
 
     path = tmp_path / "scores.csv"
     path.write_text("name,criterion,importance\na,magnitude,1.0\nb,magnitude,2.0\na,taylor,5.0\nb,taylor,0.5\n")

@@ -12,11 +12,10 @@ from conftest import TINY_SD, TINY_SDXL, tiny_unet
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from prune_lab.backbones import create_plan, make_plan, walk
 from prune_lab.cli import main
-from prune_lab.export import apply_plan
-from prune_lab.graph import walk
-from prune_lab.models import LoadedModel, load_unet
-from prune_lab.presets import create_plan, make_plan
+from prune_lab.formats.block import apply_plan
+from prune_lab.models import load_unet
 from prune_lab.report import (
     BUILTIN_COMPONENTS,
     OTHER,
@@ -28,6 +27,7 @@ from prune_lab.report import (
     report,
     unet_call,
 )
+from prune_lab.runtime.loading import LoadedModel
 
 TOKENS = 77
 UNIT_KEYS = ["name", "kind", "params", "macs", "attention_macs"]

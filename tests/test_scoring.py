@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import TINY_SDXL, run_unet, tiny_unet, unet_inputs
 
-from prune_lab.graph import walk
+from prune_lab.backbones import walk
+from prune_lab.backbones.unet.staged import StagedUNet
 from prune_lab.scoring import (
     ScoringInputs,
-    StagedUNet,
     denoising_batches,
     get_criterion,
     list_criteria,

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from prune_lab.backbones import walk
 from prune_lab.cli import main
-from prune_lab.graph import walk
 from prune_lab.models import load_unet
 from prune_lab.scoring import ScoringInputs, get_criterion, list_criteria, score_units
 from prune_lab.scoring.calibration import load_pipeline

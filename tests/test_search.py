@@ -14,11 +14,12 @@ import pytest
 from conftest import TINY_SD, tiny_unet
 from diffusers import UNet2DConditionModel
 
+from prune_lab.backbones import walk
 from prune_lab.cli import main
-from prune_lab.export import apply_plan, load_pruned
-from prune_lab.graph import walk
-from prune_lab.models import LoadedModel
+from prune_lab.formats import load_pruned
+from prune_lab.formats.block import apply_plan
 from prune_lab.report import LatencySettings, profile_unet
+from prune_lab.runtime.loading import LoadedModel
 from prune_lab.scoring import score_units
 from prune_lab.search import (
     Budget,
@@ -30,7 +31,7 @@ from prune_lab.search import (
     parse_budget,
     search,
 )
-from prune_lab.search.moves import atoms_of
+from prune_lab.units import atoms_of
 
 LEVEL1 = ["down_blocks.1.resnets.1", "down_blocks.1.attentions.1", "up_blocks.2.resnets.1", "up_blocks.2.attentions.1"]
 LEVEL2 = ["down_blocks.2.resnets.1", "down_blocks.2.attentions.1", "up_blocks.1.resnets.1", "up_blocks.1.attentions.1"]

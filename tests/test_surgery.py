@@ -2,8 +2,13 @@ import pytest
 import torch
 from conftest import run_unet, tiny_ldm_unet, unet_inputs
 
-from prune_lab.graph import walk
-from prune_lab.surgery import ChannelInterpolation, drop_skip_channels, expand_removal, interpolate_channels, taken_out
+from prune_lab.backbones import taken_out, walk
+from prune_lab.backbones.unet.surgery import (
+    ChannelInterpolation,
+    drop_skip_channels,
+    expand_removal,
+    interpolate_channels,
+)
 
 
 def snapshot(model):
@@ -155,8 +160,7 @@ def test_unknown_skip_mode(sd_unet):
 
 
 def test_unet2dmodel_units_come_out_and_mid_removal_exports():
-    from prune_lab.export import build_student
-    from prune_lab.presets import create_plan
+    from prune_lab.backbones import build_student, create_plan
 
     unet = tiny_ldm_unet()
     x = torch.randn(1, 3, 16, 16)

@@ -20,9 +20,9 @@ from prune_lab.distill.features import feature_pairs
 from prune_lab.distill.files import load_student
 from prune_lab.distill.projection import ChannelProjection, FeatureProjections, feature_projections
 from prune_lab.distill.recipe import DistillConfig, DistillRecipe
-from prune_lab.export import PRUNED_MARKER
-from prune_lab.models import LoadedModel
+from prune_lab.formats import PRUNED_MARKER
 from prune_lab.report import compare, comparison_frame
+from prune_lab.runtime.loading import LoadedModel
 from prune_lab.scoring.calibration import Calibration, noise_scheduler, synthetic_calibration
 from prune_lab.width import (
     WIDTH_CRITERIA,

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..backbones import taken_out, walk
 from ..demo.quality import generate, image_seed
 from ..demo.world import World, write_folder
-from ..graph import UNetGraph, walk
 from ..scoring import (
     DenoisingBatch,
     ScoreUnit,
@@ -28,7 +28,7 @@ from ..scoring import (
     run_sweep,
     score_units,
 )
-from ..surgery import taken_out
+from ..units import Graph
 
 #: Kinds of composite units (groups of atoms); :func:`grouped` aggregates atoms only.
 COMPOSITE_KINDS = ("mid", "stage", "pair", "skip_level")
@@ -77,7 +77,7 @@ def scoring_inputs(
 # ------------------------------------------------------------------------------------------------- sensitivity
 
 
-def fig5_units(graph: UNetGraph) -> list[ScoreUnit]:
+def fig5_units(graph: Graph) -> list[ScoreUnit]:
     """BK-SDM Fig 5's units, in forward order: every residual and attention block, and the whole mid stage."""
     units = score_units(graph, "blocks") + [u for u in score_units(graph, "stages") if u.kind == "mid"]
     return sorted(units, key=lambda u: (u.order, len(u.members)))
@@ -91,7 +91,7 @@ def score_table(
         return run_sweep(inputs, units, list(criteria), Path(tmp) / "scores.csv", progress=progress)
 
 
-def with_places(table: pd.DataFrame, graph: UNetGraph) -> pd.DataFrame:
+def with_places(table: pd.DataFrame, graph: Graph) -> pd.DataFrame:
     """`table` plus `stage` (the stage's paper label: D1 .. M .. U4) and `level` (0 = full latent resolution) of
     each row's unit (a group: its first member)."""
     first = [graph[name.split("+")[0]] for name in table["name"]]
@@ -127,7 +127,7 @@ def importance_spread(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def grouped(table: pd.DataFrame, graph: UNetGraph, by: str, within: Sequence[str] = ()) -> pd.DataFrame:
+def grouped(table: pd.DataFrame, graph: Graph, by: str, within: Sequence[str] = ()) -> pd.DataFrame:
     """Importance of atoms aggregated by `stage`, `kind` or `level`, per criterion (and `within` columns).
 
     Composite rows (the mid stage, pairs, stages) are left out so no atom counts twice. `relative_mean` is the
@@ -162,7 +162,7 @@ def agreement_matrix(agreement: pd.DataFrame, stat: str = "spearman") -> pd.Data
 # ------------------------------------------------------------------------------------------------------- skips
 
 
-def skip_units(graph: UNetGraph, levels: bool = True, latent: int | None = None) -> list[ScoreUnit]:
+def skip_units(graph: Graph, levels: bool = True, latent: int | None = None) -> list[ScoreUnit]:
     """Every skip concatenation, then (with `levels`) one group per resolution level holding all its skips.
 
     Args:

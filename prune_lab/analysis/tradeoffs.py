@@ -9,15 +9,14 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from ..backbones import build_student, create_plan
 from ..demo.quality import Accuracy, Classifier, generation_accuracy
 from ..demo.world import World
-from ..export import build_student
-from ..graph import UNetGraph
 from ..plan import Plan, expand_keep
-from ..presets import create_plan
 from ..report import profile_unet
 from ..scoring import DenoisingBatch
 from ..search import build_problem, mark_front, parse_budget, search
+from ..units import Graph
 
 
 def tradeoff_plans(
@@ -100,7 +99,7 @@ def _removed_blocks(compacted) -> int:
     return sum(graph[name].kind in ("resnet", "attention") for name in compacted.resolution.removed)
 
 
-def plan_summary(plans: Mapping[str, Plan], graph: UNetGraph) -> pd.DataFrame:
+def plan_summary(plans: Mapping[str, Plan], graph: Graph) -> pd.DataFrame:
     """One row per plan: `plan`, `kind` (preset / search), `removed_blocks` and their paper labels (`removed`)."""
     blocks = graph.of_kind("resnet", "attention")
     rows = []

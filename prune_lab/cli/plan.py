@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..export import build_student
+from ..backbones import build_student, create_plan, list_presets, read_importance
 from ..models import load_unet
-from ..presets import create_plan, list_presets, read_importance
 from ..report import LatencySettings
 from ..report.latency import DTYPES
 from ..scoring import read_scores

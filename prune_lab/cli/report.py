@@ -7,9 +7,9 @@ import json
 
 import pandas as pd
 
+from ..backbones import create_plan, list_presets
 from ..models import load_unet
 from ..plan import Plan
-from ..presets import create_plan, list_presets
 from ..report import LatencySettings, compare, comparison_frame, report
 from ..report.latency import DTYPES, TARGETS
 from ..report.summary import DEFAULT_STEPS

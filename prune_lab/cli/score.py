@@ -8,11 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..graph import walk
+from ..backbones import granularities, walk
 from ..models import load_unet
 from ..plan import fingerprint
 from ..scoring import (
-    GROUPINGS,
     ScoringInputs,
     calibration_from_folder,
     calibration_from_prompts,
@@ -218,7 +217,7 @@ def register(subparsers) -> None:
         metavar="NAME",
         help=f"one or more registered criteria: {', '.join(list_criteria())}",
     )
-    p.add_argument("--units", choices=tuple(GROUPINGS), default="blocks", help="granularity (default blocks)")
+    p.add_argument("--units", choices=granularities(), default="blocks", help="granularity (default blocks)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="score only these units")
     p.add_argument("-o", "--out", type=Path, help="scores CSV to write (a JSON copy goes beside it)")
     p.add_argument("--resume", action="store_true", help="skip the units a killed run with the same settings scored")

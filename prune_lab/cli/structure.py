@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..export import apply_plan, build_student
-from ..graph import walk
+from ..backbones import build_student, create_plan, get_preset, list_presets, model_family, read_importance, walk
+from ..formats.block import apply_plan
 from ..models import load_unet
 from ..plan import Plan
-from ..presets import create_plan, get_preset, list_presets, model_family, read_importance
 from .formatting import FORMATS, render
 
 BLOCK_COLUMNS = [

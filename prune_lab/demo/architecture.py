@@ -16,11 +16,11 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ..runtime.counting import TEXT_TOKENS  # SD's text length: the pipeline pads every prompt to it
 from .world import IMAGE_SIZE, vocabulary
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
-TEXT_TOKENS = 77  # SD's text length: the pipeline pads every prompt to it
 
 #: The U-Net: SD-v1's topology (`prune_lab.models.ARCHITECTURES["sd-v1"]`) on 16x16x4 latents, channels / 10-20.
 UNET_CONFIG = dict(

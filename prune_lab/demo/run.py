@@ -192,7 +192,7 @@ def write_data(job: Job) -> Path:
 
 def list_units(job: Job) -> pd.DataFrame:
     """The graph walker's units of the demo U-Net (``units.csv``: one row per unit, forward order)."""
-    from ..graph import walk
+    from ..backbones import walk
     from ..models import load_unet
 
     path = job.path("units.csv")
@@ -207,7 +207,7 @@ def list_units(job: Job) -> pd.DataFrame:
 
 def _scoring_inputs(job: Job, data: Path):
     """Model, calibration batches, pipeline and prompts for every registered criterion."""
-    from ..graph import walk
+    from ..backbones import walk
     from ..models import load_unet
     from ..scoring import ScoringInputs, calibration_from_folder, denoising_batches, noise_scheduler
     from ..scoring.calibration import load_pipeline
@@ -317,7 +317,7 @@ def make_plan(job: Job, scores: pd.DataFrame) -> dict:
 
 def apply(job: Job) -> Path:
     """Export the plan's student of the demo pipeline (a pipeline folder with a compact U-Net)."""
-    from ..export import apply_plan
+    from ..formats.block import apply_plan
     from ..models import load_unet
     from ..plan import Plan
 

@@ -105,9 +105,9 @@ def _claim(record: Path) -> bool:
 
 def prepare(config: StudyConfig, work: Path) -> tuple[Path, Path]:
     """The retraining data folder and the pruned student (the preset applied to the demo teacher) under `work`."""
-    from ..export import apply_plan
+    from ..backbones import create_plan
+    from ..formats.block import apply_plan
     from ..models import load_unet
-    from ..presets import create_plan
     from .world import World, write_folder
 
     data, student = work / "data", work / "student"

@@ -27,7 +27,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from ..plan import Resolution
+from ..backbones.unet.resolve import Resolution
 
 SAMPLERS = {"down_blocks": "downsamplers", "up_blocks": "upsamplers"}
 UNIT_CONTAINERS = ("resnets", "attentions", "transformer_blocks")

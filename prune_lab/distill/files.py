@@ -16,9 +16,9 @@ from pathlib import Path
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from ..export import PRUNED_MARKER, WEIGHTS_NAME, build_student, instantiate, load_pruned
-from ..graph import walk
-from ..plan import Plan, Resolution, fingerprint, resolve
+from ..backbones import build_student, instantiate, resolve, walk
+from ..formats import PRUNED_MARKER, WEIGHTS_NAME, WIDTH_FORMAT, export_format, load_pruned
+from ..plan import Plan, fingerprint
 
 CHECKPOINTS_DIR, CHECKPOINT_PREFIX = "checkpoints", "checkpoint-"
 
@@ -36,7 +36,7 @@ class StudentBundle:
 
     unet: nn.Module
     plan: Plan
-    resolution: Resolution
+    resolution: object  # the backbone's resolution of the plan
     unit_map: dict[str, str]
     folder: Path
 
@@ -86,9 +86,7 @@ def load_student(folder, teacher: nn.Module) -> StudentBundle:
     _check_family(plan, teacher, folder)
     resolution = resolve(plan, walk(teacher), fingerprint(teacher))
     unet = load_pruned(folder)
-    from ..width.persist import is_width_pruned
-
-    if not is_width_pruned(folder):  # a `prunelab width` student keeps every block at recorded, narrower widths
+    if export_format(folder) != WIDTH_FORMAT:  # a width student keeps every block, at narrower recorded widths
         _check_shapes(unet, teacher, plan, folder)
     umap = json.loads((folder / "unit_map.json").read_text())
     return StudentBundle(unet.float().eval(), plan, resolution, umap, folder)

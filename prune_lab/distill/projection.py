@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..report.unet import unet_call
+from ..report.steps import unet_call
 from .features import FeaturePair, FeatureTap
 
 

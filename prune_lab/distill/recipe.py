@@ -31,6 +31,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import BatchSampler, DataLoader
 from tqdm.auto import tqdm
 
+from ..formats import WIDTH_FORMAT, export_format
 from ..models import load_unet
 from .data import EpochSampler, LatentCache, collate, open_dataset
 from .encoders import FrozenEncoders, load_encoders
@@ -285,9 +286,7 @@ class DistillRecipe:
 
     def _projections(self):
         """Learnable 1x1 projections for a width-pruned student's narrower features (None for block students)."""
-        from ..width.persist import is_width_pruned
-
-        if not is_width_pruned(self.bundle.folder):
+        if export_format(self.bundle.folder) != WIDTH_FORMAT:
             return None
         projections = feature_projections(self.teacher, self.bundle.unet.to(self.accelerator.device), self.pairs)
         return projections.to(self.accelerator.device) if projections is not None else None

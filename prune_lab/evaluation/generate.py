@@ -35,7 +35,7 @@ from diffusers import (
 )
 from tqdm.auto import tqdm
 
-from ..export import PRUNED_MARKER, load_pruned
+from ..formats import PRUNED_MARKER, load_pruned
 from ..models import resolve_model
 from .images import image_name
 

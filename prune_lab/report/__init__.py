@@ -7,11 +7,12 @@ their pruned students and whole text-to-image pipelines.
 * :data:`BUILTIN_COMPONENTS`: public text-encoder and VAE configs of the built-in architectures.
 """
 
+from ..runtime.counting import Profile, profile_call
+from ..units import OTHER
 from .components import BUILTIN_COMPONENTS, ComponentSpec, component_specs, profile_component
-from .counting import Profile, profile_call
 from .latency import Latency, LatencySettings, time_calls
+from .steps import unet_call, unit_table
 from .summary import Report, compare, comparison_frame, profile_unet, report, variant_plan
-from .unet import OTHER, unet_call, unit_table
 
 __all__ = [
     "BUILTIN_COMPONENTS",

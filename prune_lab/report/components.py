@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..models import LoadedModel
-from .counting import Profile, profile_call
+from ..runtime.counting import TEXT_TOKENS, Profile, profile_call
+from ..runtime.loading import LoadedModel
 
 #: Text length of the thop convention (CLIP's context length).
-TEXT_TOKENS = 77
 TEXT_ROLES = ("text_encoder", "text_encoder_2")
 VAE_ROLE = "vae"
 _LIBRARIES = ("transformers", "diffusers")

@@ -3,7 +3,7 @@
 Per denoising step the U-Net costs `unet_macs` (thop convention) or `unet_macs_with_attention`; a whole
 generation costs text encoder(s) + U-Net x `steps` + VAE decoder (Kim et al. 2023, Table 2; batch 1, no
 classifier-free-guidance doubling). Everything structural comes from one profiled forward per model on `meta`
-tensors (:mod:`prune_lab.report.counting`); only latency needs real weights.
+tensors (:mod:`prune_lab.runtime.counting`); only latency needs real weights.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 import torch.nn as nn
 
-from ..export import build_student
-from ..graph import walk
-from ..models import LoadedModel, load_unet
+from ..backbones import build_student, create_plan, list_presets, walk
+from ..models import load_unet
 from ..plan import Plan
-from ..presets import create_plan, list_presets
+from ..runtime.counting import Profile, profile_call
+from ..runtime.loading import LoadedModel
 from .components import (
     TEXT_ROLES,
     VAE_ROLE,
@@ -30,9 +30,8 @@ from .components import (
     profile_component,
     vae_scale_factor,
 )
-from .counting import Profile, profile_call
 from .latency import Latency, LatencySettings, materialise, measure
-from .unet import unet_call, unit_table
+from .steps import unet_call, unit_table
 
 DEFAULT_STEPS = 25
 BASE = "base"
@@ -50,7 +49,7 @@ class Report:
         unet: the U-Net's profile (one step).
         components: profiles of the text encoder(s) and VAE decoder by role (empty when unknown).
         expressible: for plans, whether the student is a plain diffusers config.
-        units: per-unit table (:func:`prune_lab.report.unet.unit_table`) when asked for.
+        units: per-unit table (:func:`prune_lab.report.unit_table`) when asked for.
         latency: timings when asked for.
     """
 

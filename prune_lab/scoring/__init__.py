@@ -1,6 +1,7 @@
 """Sensitivity scoring: how much each U-Net unit matters, by registered criteria.
 
-* what is scored: :func:`score_units` at a `--units` granularity (:data:`GROUPINGS`) -> :class:`ScoreUnit`;
+* what is scored: :func:`score_units` at a `--units` granularity (the backbone's, see
+  :func:`prune_lab.backbones.granularities`) -> :class:`ScoreUnit`;
 * with what: :func:`register_criterion` / :func:`list_criteria` / :func:`get_criterion` (`magnitude`, `taylor`,
   `ablation`, `clip`), all following the contract in :mod:`prune_lab.scoring.registry`;
 * on what data: :mod:`prune_lab.scoring.calibration` (image-text folders, prompts, caches, synthetic);
@@ -19,19 +20,16 @@ from .calibration import (
     save_calibration,
     synthetic_calibration,
 )
-from .groups import GROUPINGS, ScoreUnit, score_units
+from .groups import ScoreUnit, score_units
 from .registry import ScoringInputs, UnitScore, get_criterion, list_criteria, neuron_mean, register_criterion
 from .results import rank_agreement, read_scores, write_scores
-from .staged import StagedUNet
 from .sweep import run_sweep
 
 __all__ = [
-    "GROUPINGS",
     "Calibration",
     "DenoisingBatch",
     "ScoreUnit",
     "ScoringInputs",
-    "StagedUNet",
     "UnitScore",
     "calibration_from_folder",
     "calibration_from_prompts",

@@ -6,10 +6,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..surgery import taken_out
+from ..backbones import backbone_for, taken_out
 from .groups import ScoreUnit
 from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion
-from .staged import StagedUNet, supports_staging
 
 #: For one unit taken out: (pruned output, full output, target) per calibration batch.
 Runs = Callable[[ScoreUnit], Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
@@ -35,7 +34,7 @@ def _naive_runs(inputs: ScoringInputs) -> Runs:
 
 def _prefix_runs(inputs: ScoringInputs) -> Runs:
     """One staged forward per batch caches the state before every step; a unit's run resumes at its first step."""
-    staged, device = StagedUNet(inputs.unet), _device(inputs.unet)
+    staged, device = backbone_for(inputs.unet).staged(inputs.unet), _device(inputs.unet)
     cached = []
     with torch.no_grad():
         for batch in inputs.batches:
@@ -76,7 +75,7 @@ def ablation(inputs: ScoringInputs) -> UnitScorer:
     """
     unet, graph = inputs.unet, inputs.graph
     skip_mode = inputs.options.get("skip_mode", "zero")
-    staged = inputs.options.get("prefix_cache", True) and supports_staging(unet)
+    staged = inputs.options.get("prefix_cache", True) and backbone_for(unet).staged(unet) is not None
     runs = (_prefix_runs if staged else _naive_runs)(inputs)
 
     def score(unit: ScoreUnit) -> UnitScore:

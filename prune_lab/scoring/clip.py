@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..surgery import taken_out
+from ..backbones import taken_out
 from .calibration import initial_latents
 from .groups import ScoreUnit
 from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion

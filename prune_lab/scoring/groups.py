@@ -1,5 +1,8 @@
 """What one score is about: the units of a `--units` granularity, built from graph-walker names only.
 
+The granularities and their groups come from the graph's backbone (:meth:`prune_lab.backbones.Backbone.score_groups`);
+the U-Net's are:
+
 * `blocks` — every residual and attention block (BK-SDM Fig 5a);
 * `transformer_layers` — every transformer layer inside the attention blocks (SDXL layer choice);
 * `pairs` — the paper's groups (Fig 5b): every R-A pair (resnet j with attention j of a stage; a lone resnet
@@ -12,10 +15,10 @@ A group's name joins its members' walker names with `+`; its label joins their p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..graph import UNetGraph, Unit
+from ..backbones import backbone_of
+from ..units import Graph, Unit
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def _single(unit: Unit) -> ScoreUnit:
     )
 
 
-def _group(graph: UNetGraph, names: list[str]) -> ScoreUnit:
+def _group(graph: Graph, names: list[str]) -> ScoreUnit:
     if len(names) == 1:
         return _single(graph[names[0]])
     units = [graph[n] for n in names]
@@ -63,45 +66,16 @@ def _group(graph: UNetGraph, names: list[str]) -> ScoreUnit:
     )
 
 
-def _slots(graph: UNetGraph, stage: str) -> list[list[str]]:
-    """Members of each slot (resnet j and attention j) of a down / up stage, in forward order."""
-    resnets = [c for c in graph[stage].children if graph[c].kind == "resnet"]
-    return [[r] + [a for a in (f"{stage}.attentions.{j}",) if a in graph] for j, r in enumerate(resnets)]
-
-
-def _pairs(graph: UNetGraph) -> list[ScoreUnit]:
-    groups = [_single(graph["mid_block"])] if "mid_block" in graph else []
-    for unit in graph.of_kind("stage"):
-        groups.extend(_group(graph, slot) for slot in _slots(graph, unit.name))
-    return sorted(groups, key=lambda u: u.order)
-
-
-def _of_kind(*kinds: str) -> Callable[[UNetGraph], list[ScoreUnit]]:
-    def build(graph: UNetGraph) -> list[ScoreUnit]:
-        return [_single(u) for u in graph.of_kind(*kinds)]
-
-    return build
-
-
-#: `--units` choices: granularity name -> units of a graph, in forward order.
-GROUPINGS: dict[str, Callable[[UNetGraph], list[ScoreUnit]]] = {
-    "blocks": _of_kind("resnet", "attention"),
-    "transformer_layers": _of_kind("transformer_layer"),
-    "pairs": _pairs,
-    "stages": _of_kind("stage", "mid"),
-    "skips": _of_kind("skip"),
-}
-
-
-def score_units(graph: UNetGraph, units: str = "blocks", names: list[str] | None = None) -> list[ScoreUnit]:
+def score_units(graph: Graph, units: str = "blocks", names: list[str] | None = None) -> list[ScoreUnit]:
     """The units to score at granularity `units`, optionally only those named in `names`.
 
     Raises:
         ValueError: unknown granularity, a name not among the units, or no unit at all (e.g. no transformer layers).
     """
-    if units not in GROUPINGS:
-        raise ValueError(f"unknown --units {units!r}; choose from: {', '.join(GROUPINGS)}")
-    found = GROUPINGS[units](graph)
+    backbone = backbone_of(graph)
+    if units not in backbone.groupings:
+        raise ValueError(f"unknown --units {units!r}; choose from: {', '.join(backbone.groupings)}")
+    found = sorted((_group(graph, names) for names in backbone.score_groups(graph, units)), key=lambda u: u.order)
     if names:
         by_name = {u.name: u for u in found}
         missing = [n for n in names if n not in by_name]

@@ -158,7 +158,7 @@ def unit_macs(unet, graph=None) -> dict[str, int] | None:
         from ..report import profile_unet, unit_table
     except ImportError:
         return None
-    from ..graph import walk
+    from ..backbones import walk
 
     table = unit_table(graph or walk(unet), profile_unet(unet, unet.config.sample_size))
     return {name: int(macs) for name, macs in zip(table["name"], table["macs"])}

@@ -7,17 +7,17 @@
 * the entry points: :func:`parse_budget`, :func:`build_problem`, :func:`search`, :func:`pareto_front`.
 """
 
+from ..units import Move
 from .budget import RESOURCES, Budget, Resource, get_resource, parse_budget
 from .costs import CostModel, build_cost_model, exact_costs
 from .importance import Importance, importance_from_scores
 from .latency import UnitLatency, unit_latency
-from .moves import MOVE_BUILDERS, Move, candidate_moves, protected_atoms
+from .moves import candidate_moves, protected_atoms
 from .problem import Problem
 from .search import SearchResult, build_problem, mark_front, pareto_front, preset_removals, search
 from .strategies import Step, Strategy, get_strategy, list_strategies, register_strategy
 
 __all__ = [
-    "MOVE_BUILDERS",
     "RESOURCES",
     "Budget",
     "CostModel",

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from ..export import Compacted, build_student
-from ..graph import UNetGraph
+from ..backbones import Compacted, backbone_of, build_student
 from ..plan import Plan
 from ..report import Profile, profile_unet
-from .moves import atoms_of
+from ..units import Graph
 
 #: Resources the profiled forward gives: name -> (profile -> whole-model value).
 PROFILED: dict[str, Callable[[Profile], float]] = {
@@ -68,7 +67,7 @@ class CostModel:
         spatial: resources that grow with the tokens (all but params).
     """
 
-    graph: UNetGraph
+    graph: Graph
     base: dict[str, float]
     own: dict[str, dict[str, float]]
     levels: list[tuple[int, frozenset[str]]] = field(default_factory=list)
@@ -97,55 +96,9 @@ class CostModel:
         return {r: self.base[r] - saved[r] for r in self.base}
 
 
-def _own(graph: UNetGraph, cost: Callable[[str], float]) -> dict[str, float]:
-    out = {}
-    for unit in graph.atoms():
-        if unit.kind == "skip":
-            continue
-        nested = [c for c in unit.children if graph[c].kind == "transformer_layer"]
-        out[unit.name] = cost(unit.name) - sum(cost(c) for c in nested)
-    return out
-
-
-def _skip_drop(unet: nn.Module, graph: UNetGraph, resource: str, cost: Callable[[str], float]) -> dict[str, float]:
-    """What dropping each skip saves in its consumer (`conv1`, `conv_shortcut`, `norm1` input channels)."""
-    out = {}
-    for skip in graph.of_kind("skip"):
-        consumer = unet.get_submodule(skip.consumer)
-        share = skip.out_channels / graph[skip.consumer].in_channels
-        parts = [a for a in ("norm1", "conv1", "conv_shortcut") if getattr(consumer, a, None) is not None]
-        if resource == "params":  # conv biases stay; GroupNorm affine and conv weights lose the skip's share
-            sizes = [getattr(consumer, a).weight.numel() for a in parts[1:]] + [cost(f"{skip.consumer}.norm1")]
-            out[skip.name] = share * sum(sizes)
-        else:
-            out[skip.name] = share * sum(cost(f"{skip.consumer}.{a}") for a in parts)
-    return out
-
-
-def _levels(graph: UNetGraph) -> list[tuple[int, frozenset[str]]]:
-    n = graph.num_levels
-    return [(i, atoms_of(graph, [f"down_blocks.{i}", f"up_blocks.{n - 1 - i}"])) for i in range(n - 1, 0, -1)]
-
-
-def _level_extra(unet: nn.Module, graph: UNetGraph, cost: Callable[[str], float]) -> dict[int, float]:
-    n, out = graph.num_levels, {}
-    for i in range(n - 1, 0, -1):
-        samplers = [f"down_blocks.{i - 1}.downsamplers.0", f"up_blocks.{n - 1 - i}.upsamplers.0"]
-        out[i] = sum(cost(p) for p in samplers if _has(unet, p))
-    return out
-
-
-def _has(unet: nn.Module, path: str) -> bool:
-    try:
-        unet.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
-
-
 def build_cost_model(
     unet: nn.Module,
-    graph: UNetGraph,
+    graph: Graph,
     profile: Profile,
     extra: Mapping[str, tuple[float, Callable[[str], float]]] | None = None,
 ) -> CostModel:
@@ -159,13 +112,13 @@ def build_cost_model(
     """
     per_module = {**module_costs(unet, profile), **{k: v[1] for k, v in (extra or {}).items()}}
     base = {**profile_costs(profile), **{k: float(v[0]) for k, v in (extra or {}).items()}}
-    own, level_extra = {}, {}
-    for resource, cost in per_module.items():
-        own[resource] = {**_own(graph, cost), **_skip_drop(unet, graph, resource, cost)}
-        level_extra[resource] = _level_extra(unet, graph, cost)
-    mid = atoms_of(graph, ["mid_block"]) if "mid_block" in graph else frozenset()
+    backbone = backbone_of(graph)
+    attributed = {resource: backbone.unit_costs(unet, graph, resource, cost) for resource, cost in per_module.items()}
+    own = {resource: a.own for resource, a in attributed.items()}
+    level_extra = {resource: a.extra for resource, a in attributed.items()}
+    first = next(iter(attributed.values()))
     spatial = tuple(r for r in per_module if r != "params")
-    return CostModel(graph, base, own, _levels(graph), level_extra, mid, spatial)
+    return CostModel(graph, base, own, first.groups, level_extra, first.grows, spatial)
 
 
 def exact_costs(unet: nn.Module, plan: Plan, latent: int) -> tuple[dict[str, float], Compacted]:

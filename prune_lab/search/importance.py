@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..graph import UNetGraph, unknown_unit_message
-from .moves import atoms_of
+from ..units import Graph, atoms_of, unknown_unit_message
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class Importance:
         """Summed importance of the rows `removed` takes out completely."""
         return sum(r.importance for r in self.removed_rows(removed))
 
-    def uncovered(self, graph: UNetGraph, removed: frozenset[str]) -> list[str]:
+    def uncovered(self, graph: Graph, removed: frozenset[str]) -> list[str]:
         """Atoms of `removed` no removed row accounts for (see the module docstring), in forward order."""
         covered = {a for r in self.removed_rows(removed) for a in r.atoms}
         covered |= {a for a in removed if graph[a].kind == "skip" and graph[a].consumer in removed}
@@ -83,7 +82,7 @@ def _criterion_rows(df: pd.DataFrame, criterion: str | None, where: str) -> tupl
 
 
 def importance_from_scores(
-    df: pd.DataFrame, graph: UNetGraph, criterion: str | None = None, where: str = "scores"
+    df: pd.DataFrame, graph: Graph, criterion: str | None = None, where: str = "scores"
 ) -> Importance:
     """The rows of one criterion of a score table (columns `name`, `importance`, and `criterion` if several).
 

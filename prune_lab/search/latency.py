@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..graph import UNetGraph
 from ..report import LatencySettings, time_calls, unet_call
 from ..report.latency import materialise
+from ..units import Graph
 
 
 @dataclass
@@ -40,7 +40,7 @@ class UnitLatency:
         return self.module_ms.get(path, 0.0)
 
 
-def timed_paths(unet: nn.Module, graph: UNetGraph) -> list[str]:
+def timed_paths(unet: nn.Module, graph: Graph) -> list[str]:
     """Unit modules, samplers, and the layers a dropped skip shrinks (`norm1`, `conv1`, `conv_shortcut`)."""
     paths = [u.name for u in graph.units if u.kind != "skip"]
     for name, _ in unet.named_modules():
@@ -80,7 +80,7 @@ def _hooks(model: nn.Module, paths: list[str], device: torch.device, samples: di
     return handles
 
 
-def unit_latency(unet: nn.Module, graph: UNetGraph, latent: int, settings: LatencySettings) -> UnitLatency:
+def unit_latency(unet: nn.Module, graph: Graph, latent: int, settings: LatencySettings) -> UnitLatency:
     """Time one U-Net step and each of its units (see the module docstring).
 
     Args:

@@ -20,9 +20,8 @@ import pandas as pd
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..graph import walk
+from ..backbones import create_plan, list_presets, model_family, walk
 from ..plan import Plan, expand_keep
-from ..presets import create_plan, list_presets, model_family
 from ..report import LatencySettings, profile_unet
 from .budget import RESOURCES, Budget
 from .costs import PROFILED, build_cost_model, exact_costs

@@ -19,7 +19,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .moves import Move
+from ..units import Move
 from .problem import Problem
 
 

@@ -31,7 +31,7 @@ import torch_pruning as tp
 from diffusers.models.activations import GEGLU
 from diffusers.models.attention_processor import Attention
 
-from ..report.unet import unet_call
+from ..report.steps import unet_call
 
 PARAMETRIC = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from diffusers import UNet2DConditionModel, UNet2DModel
 
-from ..export import instantiate
+from ..backbones import instantiate
 from ..scoring.calibration import Calibration
 from .criteria import GradientPass, TaylorSettings, accumulate_gradients, get_width_criterion
 from .groups import build_pruner, channel_groups, prune_groups, pruning_indices, search_ratio

@@ -20,7 +20,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.upsampling import Upsample2D
 
-from ..surgery import set_submodule
+from ..runtime.modules import set_submodule
 
 
 @dataclass(frozen=True)

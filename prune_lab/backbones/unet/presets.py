@@ -1,7 +1,7 @@
 """Published architectures as plans: BK-SDM (Kim et al., 2023) and Segmind's SSD-1B / Vega (Gupta et al., 2024).
 
-A preset is a registered function from a model's graph (and optional unit scores) to the names to keep.
-`create_plan(unet, preset)` is the only way in; `list_presets()` feeds the CLI's choices and the tests.
+Each preset is a function from a U-Net's graph (and optional unit scores) to the names to keep, registered in
+:data:`prune_lab.backbones.PRESETS`; :func:`prune_lab.backbones.create_plan` is the only way in.
 
 * `bk-base`: every down stage keeps its first R-A pair, every up stage its first and third (the innermost
   R-only stages alike). Diffusers routes skips positionally, so up-stage `resnets.0` then receives the skip of
@@ -15,52 +15,20 @@ A preset is a registered function from a model's graph (and optional unit scores
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
 
-import pandas as pd
-import torch.nn as nn
-
-from .graph import UNetGraph, walk
-from .plan import Plan, expand_keep, fingerprint
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    families: tuple[str, ...]
-    description: str
-    build: Callable[[UNetGraph, Mapping[str, float] | None], set[str]]
-
-
-_PRESETS: dict[str, Preset] = {}
+from ..base import PRESETS, Preset
+from .graph import UNetGraph
 
 
 def register_preset(name: str, families: tuple[str, ...], description: str):
+    """Register `build(graph, scores) -> keep` as preset `name` in :data:`prune_lab.backbones.PRESETS`."""
+
     def wrap(fn):
-        _PRESETS[name] = Preset(name, families, description, fn)
+        PRESETS.register(name, Preset(name, families, description, fn))
         return fn
 
     return wrap
-
-
-def list_presets(family: str | None = None) -> list[str]:
-    return [n for n, p in _PRESETS.items() if family is None or family in p.families]
-
-
-def get_preset(name: str) -> Preset:
-    if name not in _PRESETS:
-        raise ValueError(f"unknown preset {name!r}; presets are: {', '.join(_PRESETS)}")
-    return _PRESETS[name]
-
-
-def model_family(unet: nn.Module) -> str:
-    """`sdxl` (text_time added embeddings), `sd` (other conditional U-Nets) or `unet2d`."""
-    config = getattr(unet, "config", {})
-    if type(unet).__name__ == "UNet2DModel":
-        return "unet2d"
-    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
 
 
 def _all_atoms(graph: UNetGraph) -> set[str]:
@@ -165,68 +133,3 @@ def _ssd_1b(graph: UNetGraph, scores=None) -> set[str]:
 @register_preset("vega", ("sdxl",), "Segmind-Vega: SDXL with far fewer transformer layers, mid = one resnet")
 def _vega(graph: UNetGraph, scores=None) -> set[str]:
     return _sdxl(graph, SDXL_DEPTHS["vega"], scores)
-
-
-def make_plan(
-    unet: nn.Module,
-    keep,
-    *,
-    source: str,
-    actions: dict | None = None,
-    meta: dict | None = None,
-    graph: UNetGraph | None = None,
-) -> Plan:
-    """A plan keeping `keep` (listed in forward order) for `unet`."""
-    graph = graph or walk(unet)
-    keep = set(keep)
-    surplus = sorted(expand_keep(graph, keep) - keep - {u.name for u in graph.of_kind("stage", "mid")})
-    if surplus:
-        raise ValueError(
-            f"the keep list implies {surplus[0]} (a kept transformer layer keeps its attention block; "
-            "an attention block kept alone keeps all its layers); remove or keep both together"
-        )
-    ordered = [u.name for u in graph.units if u.name in keep]
-    base = {"class": type(unet).__name__, "fingerprint": fingerprint(unet), "source": source}
-    return Plan(keep=ordered, base=base, actions=dict(actions or {}), meta=dict(meta or {}))
-
-
-def create_plan(unet: nn.Module, preset: str, *, source: str, scores: Mapping[str, float] | None = None) -> Plan:
-    """The plan of a registered preset for `unet`.
-
-    Raises:
-        ValueError: unknown preset, or a preset for another model family.
-    """
-    spec = get_preset(preset)
-    family = model_family(unet)
-    if family not in spec.families:
-        raise ValueError(
-            f"preset {preset!r} is for {'/'.join(spec.families)} models, this one is {family}; "
-            f"presets for it: {', '.join(list_presets(family))}"
-        )
-    graph = walk(unet)
-    keep = spec.build(graph, scores)
-    meta = {"preset": preset, "layer_choice": "scores" if scores else "first"}
-    return make_plan(unet, keep, source=source, meta=meta, graph=graph)
-
-
-def read_importance(path, criterion: str | None = None) -> dict[str, float]:
-    """`name -> importance` from a scores CSV (columns `name`, `importance`, as `prunelab score` writes).
-
-    Args:
-        path: the CSV.
-        criterion: which criterion's rows to use when the file merges several (column `criterion`).
-    """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"scores file {path} does not exist")
-    df = pd.read_csv(path)
-    missing = {"name", "importance"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; write it with `prunelab score`")
-    criteria = sorted(df["criterion"].dropna().unique()) if "criterion" in df.columns else []
-    if criterion is not None:
-        if criterion not in criteria:
-            raise ValueError(f"{path} has no scores of criterion {criterion!r}; it holds: {', '.join(criteria)}")
-        df = df[df["criterion"] == criterion]
-    elif len(criteria) > 1:
-        raise ValueError(f"{path} holds several criteria ({', '.join(criteria)}); pick one with --criterion")
-    return dict(zip(df["name"], df["importance"].astype(float)))

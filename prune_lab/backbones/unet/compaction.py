@@ -9,32 +9,24 @@ innermost resolution levels removes their stages and the downsampler that led in
 :func:`derive_config` then asks whether a plain diffusers config reproduces the compact network (per-stage
 `layers_per_block`, `transformer_layers_per_block` / `reverse_transformer_layers_per_block`, `mid_block_type`
 None or `UNetMidBlock2D`, fewer stages) by instantiating it on the `meta` device and comparing every parameter
-name and shape. If it does, `DIR/unet` is a plain diffusers U-Net; otherwise it is the compact weights plus the
-plan, rebuilt by :func:`load_pruned`.
+name and shape. If it does, the student is a plain diffusers U-Net; otherwise :mod:`prune_lab.formats` writes the
+compact weights plus the plan, and :func:`rebuild` makes the skeleton they load into.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
-from diffusers import UNet2DConditionModel, UNet2DModel
-from safetensors.torch import load_file, save_file
+from diffusers import UNet2DConditionModel
 
+from ...plan import Plan, fingerprint
+from ..base import Compacted
 from .graph import walk
-from .models import LoadedModel
-from .plan import Plan, Resolution, Slot, StagePlan, fingerprint, resolve
+from .resolve import Resolution, Slot, StagePlan, resolve
 from .surgery import drop_skip_channels, slice_skip_hook, substitute_for, zero_skip_hook
 
-PRUNED_MARKER = "prune_lab_pruned.json"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 _ORIGIN = "_prune_lab_origin"
 _PER_STAGE_KEYS = (
     "attention_head_dim",
@@ -55,12 +47,15 @@ def _tag_origins(model: nn.Module) -> None:
 _MAPPED_LISTS = ("resnets", "attentions", "transformer_blocks", "upsamplers", "downsamplers")
 
 
-def unit_map(student: nn.Module) -> dict[str, str]:
-    """Student module path -> teacher module path for every resnet, attention block, transformer layer, sampler."""
+def unit_map(student: nn.Module, *, identity: bool = False) -> dict[str, str]:
+    """Student module path -> teacher module path for every resnet, attention block, transformer layer, sampler.
+
+    With `identity`, every such module maps to itself (a student whose blocks never moved: width pruning).
+    """
     out = {}
     for name, module in student.named_modules():
         parts = name.split(".")
-        origin = getattr(module, _ORIGIN, None)
+        origin = name if identity else getattr(module, _ORIGIN, None)
         if origin is not None and len(parts) >= 2 and parts[-2] in _MAPPED_LISTS:
             out[name] = origin
     return out
@@ -240,35 +235,7 @@ def expressible_as(unet: nn.Module, res: Resolution, student: nn.Module) -> dict
     return cfg if shapes == {k: tuple(v.shape) for k, v in student.state_dict().items()} else None
 
 
-# --------------------------------------------------------------------------------------------------- apply
-@dataclass
-class ExportResult:
-    """What `apply` produced (the CLI formats it)."""
-
-    out_dir: Path
-    expressible: bool
-    teacher_params: int
-    student_params: int
-    config: dict | None
-    unit_map: dict[str, str] = field(default_factory=dict)
-    rewired: dict[str, tuple[str, str]] = field(default_factory=dict)
-    removed: list[str] = field(default_factory=list)
-    is_pipeline: bool = False
-
-
-@dataclass
-class Compacted:
-    """A compact student in memory, before anything is written."""
-
-    student: nn.Module
-    resolution: Resolution
-    config: dict | None
-
-    @property
-    def expressible(self) -> bool:
-        return self.config is not None
-
-
+# ------------------------------------------------------------------------------------------------ students
 def build_student(unet: nn.Module, plan: Plan) -> Compacted:
     """Validate `plan` against `unet` and build the compact student (nothing is written)."""
     res = resolve(plan, walk(unet), fingerprint(unet))
@@ -284,94 +251,10 @@ def build_student(unet: nn.Module, plan: Plan) -> Compacted:
     return Compacted(student, res, config)
 
 
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def rebuild(base_config: dict, plan: Plan) -> nn.Module:
+    """The compact skeleton (`meta` weights) of `plan` over a U-Net of `base_config` (with `_class_name`)."""
+    from ..base import model_class
 
-
-def _write_unet(compacted: Compacted, teacher: nn.Module, plan: Plan, unet_dir: Path) -> None:
-    if compacted.expressible:
-        compacted.student.save_pretrained(unet_dir, safe_serialization=True)
-        return
-    unet_dir.mkdir(parents=True)
-    state = {k: v.contiguous() for k, v in compacted.student.state_dict().items()}
-    save_file(state, str(unet_dir / WEIGHTS_NAME))
-    base = {
-        "_class_name": type(teacher).__name__,
-        **{k: v for k, v in dict(teacher.config).items() if not k.startswith("_")},
-    }
-    marker = {"format": "prune_lab.pruned_unet", "version": 1, "base_config": base, "plan": plan.to_dict()}
-    (unet_dir / PRUNED_MARKER).write_text(json.dumps(marker, indent=2, default=list) + "\n")
-
-
-def apply_plan(
-    loaded: LoadedModel, plan: Plan, out_dir: str | os.PathLike, *, overwrite: bool = False
-) -> ExportResult:
-    """Export the student of `plan` to `out_dir` (`out_dir/unet`, plus the other pipeline parts if any).
-
-    Written to a temporary folder next to `out_dir` and renamed at the end, so a failure leaves nothing behind.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {out_dir} exists and is not empty; pass --overwrite or another --out")
-    teacher = loaded.unet
-    if any(p.is_meta for p in teacher.parameters()):
-        raise ValueError("cannot export a model with meta (structure-only) weights; load real weights")
-    compacted = build_student(teacher, plan)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        if loaded.is_pipeline:
-            shutil.copytree(loaded.root, tmp, ignore=shutil.ignore_patterns("unet"), dirs_exist_ok=True)
-        _write_unet(compacted, teacher, plan, tmp / "unet")
-        umap = unit_map(compacted.student)
-        plan.save(tmp / "plan.json")
-        (tmp / "unit_map.json").write_text(json.dumps(umap, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    res = compacted.resolution
-    return ExportResult(
-        out_dir,
-        compacted.expressible,
-        _params(teacher),
-        _params(compacted.student),
-        compacted.config,
-        umap,
-        res.rewired(),
-        res.removed,
-        loaded.is_pipeline,
-    )
-
-
-def load_pruned(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a U-Net written by `apply`, in either format (plain diffusers or compact weights + plan), or by
-    `prunelab width` (base config + per-module widths, see :mod:`prune_lab.width.persist`).
-
-    Args:
-        path: the `apply` output folder, or its `unet/` subfolder.
-    """
-    path = Path(path)
-    if (path / "unet").is_dir():
-        path = path / "unet"
-    marker = path / PRUNED_MARKER
-    if not marker.exists():
-        if (path / "config.json").exists():
-            cls = {"UNet2DModel": UNet2DModel}.get(
-                json.loads((path / "config.json").read_text()).get("_class_name"), UNet2DConditionModel
-            )
-            return cls.from_pretrained(path).eval()
-        raise FileNotFoundError(f"{path} holds neither a prune_lab export ({PRUNED_MARKER}) nor a diffusers config")
-    info = json.loads(marker.read_text())
-    if info.get("format") == "prune_lab.width_pruned_unet":  # `prunelab width`: per-module widths, not a plan
-        from .width.persist import load_width
-
-        return load_width(path, info)
-    base = dict(info["base_config"])
-    cls = {"UNet2DModel": UNet2DModel}.get(base.pop("_class_name"), UNet2DConditionModel)
-    skeleton = instantiate(cls, base, meta=True)
-    compacted = compact(skeleton, resolve(Plan.from_dict(info["plan"], str(marker)), walk(skeleton)))
-    compacted.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=True, assign=True)
-    return compacted.eval()
+    base = dict(base_config)
+    skeleton = instantiate(model_class(base.pop("_class_name", "UNet2DConditionModel")), base, meta=True)
+    return compact(skeleton, resolve(plan, walk(skeleton)))

@@ -13,11 +13,11 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from ..graph import UNetGraph
-from .components import TEXT_TOKENS
-from .counting import Profile
+from ...runtime.counting import TEXT_TOKENS, Profile
+from ...units import OTHER, atoms_of
+from ..base import UnitCosts
+from .graph import UNetGraph
 
-OTHER = "other"
 UNIT_COLUMNS = [
     "name",
     "label",
@@ -132,3 +132,62 @@ def unit_table(graph: UNetGraph, profile: Profile) -> pd.DataFrame:
     df["macs_pct"] = (100 * df["macs"] / max(profile.macs, 1)).round(2)
     df["level"] = df["level"].astype("Int64")
     return df[UNIT_COLUMNS]
+
+
+# ------------------------------------------------------------------------------------- what removals save
+def unit_costs(unet: nn.Module, graph: UNetGraph, resource: str, cost: Callable[[str], float]) -> UnitCosts:
+    """What removing each atom saves of `resource` (see :mod:`prune_lab.search.costs`).
+
+    Own costs: a unit's module cost minus its nested transformer layers; a dropped skip saves its share of the
+    consumer's input channels. Removing an innermost level also removes its two samplers (`extra`), and a kept mid
+    stage then runs at a finer resolution (`grows`).
+    """
+    own = {**_own(graph, cost), **_skip_drop(unet, graph, resource, cost)}
+    mid = atoms_of(graph, ["mid_block"]) if "mid_block" in graph else frozenset()
+    return UnitCosts(own, _levels(graph), _level_extra(unet, graph, cost), mid)
+
+
+def _own(graph: UNetGraph, cost: Callable[[str], float]) -> dict[str, float]:
+    out = {}
+    for unit in graph.atoms():
+        if unit.kind == "skip":
+            continue
+        nested = [c for c in unit.children if graph[c].kind == "transformer_layer"]
+        out[unit.name] = cost(unit.name) - sum(cost(c) for c in nested)
+    return out
+
+
+def _skip_drop(unet: nn.Module, graph: UNetGraph, resource: str, cost: Callable[[str], float]) -> dict[str, float]:
+    """What dropping each skip saves in its consumer (`conv1`, `conv_shortcut`, `norm1` input channels)."""
+    out = {}
+    for skip in graph.of_kind("skip"):
+        consumer = unet.get_submodule(skip.consumer)
+        share = skip.out_channels / graph[skip.consumer].in_channels
+        parts = [a for a in ("norm1", "conv1", "conv_shortcut") if getattr(consumer, a, None) is not None]
+        if resource == "params":  # conv biases stay; GroupNorm affine and conv weights lose the skip's share
+            sizes = [getattr(consumer, a).weight.numel() for a in parts[1:]] + [cost(f"{skip.consumer}.norm1")]
+            out[skip.name] = share * sum(sizes)
+        else:
+            out[skip.name] = share * sum(cost(f"{skip.consumer}.{a}") for a in parts)
+    return out
+
+
+def _levels(graph: UNetGraph) -> list[tuple[int, frozenset[str]]]:
+    n = graph.num_levels
+    return [(i, atoms_of(graph, [f"down_blocks.{i}", f"up_blocks.{n - 1 - i}"])) for i in range(n - 1, 0, -1)]
+
+
+def _level_extra(unet: nn.Module, graph: UNetGraph, cost: Callable[[str], float]) -> dict[int, float]:
+    n, out = graph.num_levels, {}
+    for i in range(n - 1, 0, -1):
+        samplers = [f"down_blocks.{i - 1}.downsamplers.0", f"up_blocks.{n - 1 - i}.upsamplers.0"]
+        out[i] = sum(cost(p) for p in samplers if _has(unet, p))
+    return out
+
+
+def _has(unet: nn.Module, path: str) -> bool:
+    try:
+        unet.get_submodule(path)
+    except AttributeError:
+        return False
+    return True

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from ...runtime.modules import set_submodule
 from .graph import SKIP_PREFIX, UNetGraph, walk
 
 SKIP_MODES = ("zero", "drop")
@@ -125,16 +126,6 @@ def drop_skip_channels(resnet: nn.Module, prev_channels: int) -> nn.Module:
     pruned.in_channels = prev_channels
     pruned.register_forward_pre_hook(slice_skip_hook(prev_channels), with_kwargs=True)
     return pruned
-
-
-def set_submodule(root: nn.Module, path: str, module: nn.Module | None) -> None:
-    """Replace the submodule at dotted `path` (ModuleList indices included)."""
-    parent_path, _, child = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    if isinstance(parent, nn.ModuleList):
-        parent[int(child)] = module
-    else:
-        setattr(parent, child, module)
 
 
 def expand_removal(graph: UNetGraph, names: Iterable[str]) -> list[str]:

@@ -11,56 +11,18 @@ down stage, each downsampler) is pushed on a stack, and every up-stage resnet po
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
-import torch.nn as nn
+from ...units import Graph, Unit
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 #: Units a plan lists individually; `stage` and `mid` are groups of them.
 ATOM_KINDS = ("resnet", "attention", "transformer_layer", "skip")
 KINDS = ATOM_KINDS + ("mid", "stage")
 SKIP_PREFIX = "skip:"
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One prunable unit.
-
-    Attributes:
-        name: diffusers module path (skips: `skip:<consumer path>`).
-        label: paper-style short label, for display only.
-        kind: one of :data:`KINDS`.
-        stage: module path of the stage it belongs to (`down_blocks.0`, `mid_block`, `up_blocks.3`).
-        parent: the enclosing unit (stage, mid or attention block), None for stages and mid.
-        order: position in forward order.
-        level: resolution level it runs at (0 = full latent resolution).
-        in_channels / out_channels: channels in and out (an up-stage resnet's input includes its skip).
-        params: parameter count of the module (0 for skips).
-        removal: `remove` (in/out shapes match: identity), `interpolate` (needs the channel-interpolation
-            substitute), `zero` (a skip: zeroed in analysis, dropped in export) or `members` (a group).
-        producer / consumer: for skips, the module whose output is concatenated and the resnet taking it.
-        children: names of the units directly inside this one.
-    """
-
-    name: str
-    label: str
-    kind: str
-    stage: str
-    parent: str | None
-    order: int
-    level: int
-    in_channels: int
-    out_channels: int
-    params: int
-    removal: str
-    producer: str | None = None
-    consumer: str | None = None
-    children: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["children"] = list(self.children)
-        return d
 
 
 @dataclass(frozen=True)
@@ -74,61 +36,19 @@ class SkipEdge:
 
 
 @dataclass
-class UNetGraph:
+class UNetGraph(Graph):
     """All units of one U-Net, in forward order, plus its skip routing."""
 
-    units: list[Unit]
-    producers: list[tuple[str, int, int]]  # (module path, level, channels) in push order
-    edges: list[SkipEdge]
-    num_levels: int
-    _by_name: dict[str, Unit] = field(init=False, repr=False)
+    backbone: ClassVar[str] = "unet"
+    atom_kinds: ClassVar[tuple[str, ...]] = ATOM_KINDS
+    keeps_parent: ClassVar[tuple[str, ...]] = ("transformer_layer",)
 
-    def __post_init__(self) -> None:
-        self._by_name = {u.name: u for u in self.units}
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._by_name
-
-    def __iter__(self):
-        return iter(self.units)
-
-    def __len__(self) -> int:
-        return len(self.units)
-
-    def __getitem__(self, name: str) -> Unit:
-        if name not in self._by_name:
-            raise ValueError(unknown_unit_message(name, self._by_name))
-        return self._by_name[name]
-
-    @property
-    def names(self) -> list[str]:
-        return [u.name for u in self.units]
-
-    def of_kind(self, *kinds: str) -> list[Unit]:
-        return [u for u in self.units if u.kind in kinds]
-
-    def descendants(self, name: str) -> list[str]:
-        """Every unit inside `name` (recursively), in forward order."""
-        out: list[str] = []
-        for child in self[name].children:
-            out.append(child)
-            out.extend(self.descendants(child))
-        return sorted(out, key=lambda n: self._by_name[n].order)
-
-    def atoms(self) -> list[Unit]:
-        return self.of_kind(*ATOM_KINDS)
+    producers: list[tuple[str, int, int]] = field(default_factory=list)  # (module path, level, channels), push order
+    edges: list[SkipEdge] = field(default_factory=list)
+    num_levels: int = 0
 
     def edge_of(self, consumer: str) -> SkipEdge:
         return next(e for e in self.edges if e.consumer == consumer)
-
-    def to_records(self) -> list[dict]:
-        return [u.to_dict() for u in self.units]
-
-
-def unknown_unit_message(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else "; `prunelab blocks --model M` lists the valid names"
-    return f"unknown unit {name!r}{hint}"
 
 
 def _params(module: nn.Module | None) -> int:

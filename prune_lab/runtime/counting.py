@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils.module_tracker import ModuleTracker
 
+#: Text length of SD-family conditioning (CLIP pads every prompt to 77 tokens); cost inputs use it.
+TEXT_TOKENS = 77
+
 
 def _sdpa_macs(query, key, value, *args, **kwargs) -> int:
     """QK^T (Lq x Lk x E) plus AV (Lq x Lk x Ev), per batch x head: query (..., Lq, E), key (..., Lk, E)."""

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..graph import UNetGraph
-from ..surgery import expand_removal
+from .graph import UNetGraph
+from .surgery import expand_removal
 
 
 @dataclass(frozen=True)

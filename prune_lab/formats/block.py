@@ -1,0 +1,102 @@
+"""The block-pruned export (`prunelab apply`): the compact student of a plan, initialised from the teacher.
+
+When the backbone finds a plain diffusers config for the student, `DIR/unet` is a plain diffusers model folder
+(`from_pretrained` loads it without prune_lab); otherwise it holds the compact weights and a marker with the base
+config and the plan, and :func:`load_block` rebuilds the skeleton through the backbone (format
+`prune_lab.pruned_unet`, version 1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backbones import backbone_for, get_backbone
+from ..plan import Plan
+from ..runtime.loading import LoadedModel
+from . import BLOCK_FORMAT, READERS, Reader, base_config, load_weights, save_weights, write_export
+
+BLOCK_VERSION = 1
+
+
+@dataclass
+class ExportResult:
+    """What `apply` produced (the CLI formats it)."""
+
+    out_dir: Path
+    expressible: bool
+    teacher_params: int
+    student_params: int
+    config: dict | None
+    unit_map: dict[str, str] = field(default_factory=dict)
+    rewired: dict[str, tuple[str, str]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    is_pipeline: bool = False
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def apply_plan(
+    loaded: LoadedModel, plan: Plan, out_dir: str | os.PathLike, *, overwrite: bool = False
+) -> ExportResult:
+    """Export the student of `plan` to `out_dir` (`out_dir/unet`, plus the other pipeline parts if any).
+
+    Written to a temporary folder next to `out_dir` and renamed at the end, so a failure leaves nothing behind.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"output folder {out_dir} exists and is not empty; pass --overwrite or another --out")
+    teacher = loaded.unet
+    if any(p.is_meta for p in teacher.parameters()):
+        raise ValueError("cannot export a model with meta (structure-only) weights; load real weights")
+    backbone = backbone_for(teacher)
+    compacted = backbone.build_student(teacher, plan)
+
+    def write_model(folder: Path) -> None:
+        if compacted.expressible:
+            compacted.student.save_pretrained(folder, safe_serialization=True)
+        else:
+            marker = {
+                "format": BLOCK_FORMAT,
+                "version": BLOCK_VERSION,
+                "backbone": backbone.name,
+                "base_config": base_config(teacher),
+                "plan": plan.to_dict(),
+            }
+            save_weights(compacted.student, folder, marker)
+
+    umap = backbone.unit_map(compacted.student)
+    write_export(
+        out_dir,
+        write_model,
+        plan=plan,
+        unit_map=umap,
+        subfolder=backbone.subfolder,
+        overwrite=overwrite,
+        pipeline_root=loaded.root if loaded.is_pipeline else None,
+    )
+    res = compacted.resolution
+    return ExportResult(
+        out_dir,
+        compacted.expressible,
+        _params(teacher),
+        _params(compacted.student),
+        compacted.config,
+        umap,
+        res.rewired(),
+        res.removed,
+        loaded.is_pipeline,
+    )
+
+
+def load_block(folder: Path, info: dict):
+    """Rebuild a block-pruned export: the backbone's compact skeleton of the plan, weights loaded strictly."""
+    plan = Plan.from_dict(info["plan"], str(folder / "prune_lab_pruned.json"))
+    skeleton = get_backbone(info.get("backbone", "unet")).rebuild(info["base_config"], plan)
+    return load_weights(skeleton, folder)
+
+
+READERS.register(BLOCK_FORMAT, Reader(BLOCK_FORMAT, BLOCK_VERSION, load_block))
