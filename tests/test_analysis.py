@@ -1,9 +1,7 @@
-"""Notebook analyses: set-up from the demo world, sensitivity summaries, skip analysis and plan trade-offs, checked
+"""Notebook analyses: scoring inputs, sensitivity summaries, skip analysis and plan trade-offs, checked
 against hand computations and against the library calls they compose, on the tiny models of conftest."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
@@ -13,12 +11,9 @@ from conftest import build_tiny_pipeline, tiny_unet
 
 from prune_lab import analysis as A
 from prune_lab.backbones import build_student, create_plan, taken_out, walk
-from prune_lab.demo.quality import Accuracy, generate, image_seed
-from prune_lab.demo.world import World, write_folder
 from prune_lab.report import profile_unet
 from prune_lab.scoring import (
     ScoringInputs,
-    calibration_from_folder,
     denoising_batches,
     get_criterion,
     noise_scheduler,
@@ -57,22 +52,8 @@ def hand_table(rows: list[tuple[str, str, str, str, float]]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------------ set-up
-def test_world_batches_are_the_folder_calibration_of_the_scenes(pipe, tmp_path):
-    world = World(3)
-    batches = A.world_batches(pipe, world, 3, timesteps=2, batch_size=4, seed=1)
-    folder = write_folder(world, "train", 0, 3, tmp_path / "scenes")
-    calib = calibration_from_folder(pipe, folder, samples=3, seed=1, batch_size=4)
-    reference = denoising_batches(calib, noise_scheduler(pipe), timesteps=2, batch_size=4, seed=1)
-    assert [b.target.shape[0] for b in batches] == [4, 2]
-    for got, ref in zip(batches, reference, strict=True):
-        assert torch.equal(got.inputs["sample"], ref.inputs["sample"])
-        assert torch.equal(got.inputs["encoder_hidden_states"], ref.inputs["encoder_hidden_states"])
-        assert torch.equal(got.target, ref.target)
-
-
 def test_scoring_inputs_carry_prompts_and_sampling(pipe):
-    prompts = A.caption_prompts(World(0), 3)
-    assert prompts == [s.caption for s in World(0).scenes("heldout", 0, 3)]
+    prompts = ["a red circle", "a blue square", "a green triangle"]
     inputs = A.scoring_inputs(
         pipe, [], prompts, clip_scorer="scorer", sampling={"scheduler": "dpm", "steps": 3, "guidance": 2.0, "x": 1}
     )
@@ -204,12 +185,16 @@ def test_example_removals_rank_one_mode():
 def test_removal_images_generate_each_row_with_its_units_taken_out(pipe):
     prompts = ["a red circle", "a blue square"]
     removals = {"teacher": [], "skip": ["skip:up_blocks.3.resnets.2"]}
-    images = A.removal_images(pipe, prompts, removals, steps=2, guidance=3.0, seed=5, skip_mode="drop")
-    seeds = [image_seed(5, i) for i in range(2)]
+
+    def draw(p):
+        generators = [torch.Generator().manual_seed(5 + i) for i in range(len(prompts))]
+        return p(prompts, num_inference_steps=2, guidance_scale=3.0, generator=generators, output_type="pt").images
+
+    images = A.removal_images(pipe, removals, draw, skip_mode="drop")
     assert images.shape == (2, 2, 3, 32, 32)
-    assert torch.equal(images[0], generate(pipe, prompts, seeds, steps=2, guidance=3.0))
+    assert torch.equal(images[0], draw(pipe))
     with taken_out(pipe.unet, removals["skip"], skip_mode="drop"):
-        assert torch.equal(images[1], generate(pipe, prompts, seeds, steps=2, guidance=3.0))
+        assert torch.equal(images[1], draw(pipe))
     assert not torch.equal(images[0], images[1])
 
 
@@ -253,19 +238,7 @@ def test_plan_tradeoffs_measure_each_compact_student(pipe):
     assert seen[0] is pipe.unet and df["q"].tolist() == [float(teacher_params), df.loc["mid", "params_M"] * 1e6]
 
 
-def test_accuracy_columns_and_pareto_mask():
-    acc = Accuracy(4, {"colour": np.array([1, 1, 0, 0], bool), "shape": np.array([1, 0, 1, 1], bool)})
-    got = A.accuracy_columns(acc)
-    assert got == pytest.approx(
-        {
-            "colour_accuracy": 0.5,
-            "colour_stderr": 0.25,
-            "shape_accuracy": 0.75,
-            "shape_stderr": math.sqrt(0.75 * 0.25 / 4),
-            "joint_accuracy": 0.25,
-            "joint_stderr": math.sqrt(0.25 * 0.75 / 4),
-        }
-    )
+def test_pareto_mask():
     df = pd.DataFrame({"cost": [1.0, 2.0, 3.0, 2.5], "acc": [0.2, 0.6, 0.9, 0.5]})
     assert A.pareto_mask(df, "cost", "acc").tolist() == [True, True, True, False]
     assert A.pareto_mask(df, "cost", "acc", higher_is_better=False).tolist() == [True, False, False, False]

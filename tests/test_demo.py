@@ -18,7 +18,7 @@ from prune_lab.demo.world import ATTRIBUTES, COLOURS, SPLITS, World, caption, vo
 
 @pytest.fixture(scope="module")
 def scorer():
-    from prune_lab.demo.clip import load_scorer
+    from prune_lab.demo.scorer import load_scorer
 
     return load_scorer()
 
@@ -143,7 +143,7 @@ def test_scorer_loads_through_open_clip():
     import open_clip
     from safetensors.torch import load_file
 
-    from prune_lab.demo.clip import CLIP_CHECKPOINT, register
+    from prune_lab.demo.scorer import CLIP_CHECKPOINT, register
 
     name = register()
     assert name == "demo-clip" and name in open_clip.list_models()
@@ -156,7 +156,7 @@ def test_scorer_loads_through_open_clip():
 
 
 def test_scorer_is_a_fid_feature_extractor(scorer):
-    from prune_lab.demo.clip import fid_extractor, normalize
+    from prune_lab.runtime.clip import fid_extractor, normalize_images
 
     model = scorer[0]
     images, _ = World(0).batch("heldout", 0, 4)
@@ -164,7 +164,7 @@ def test_scorer_is_a_fid_feature_extractor(scorer):
     features = fid_extractor(model)(big)
     assert features.shape == (4, model.visual.output_dim) and torch.isfinite(features).all()
     with torch.no_grad():  # 299 -> 32 is (nearly) the identity on the original images
-        direct = model.encode_image(normalize(model, images))
+        direct = model.encode_image(normalize_images(model, images))
     assert torch.nn.functional.cosine_similarity(features, direct).min() > 0.95
 
 

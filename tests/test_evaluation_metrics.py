@@ -20,11 +20,11 @@ from prune_lab.evaluation.metrics import (
     frechet_distance,
     inception_features,
     inception_score,
-    load_clip,
     load_fid_extractor,
 )
 from prune_lab.evaluation.protocol import EvalSettings, Evaluator
 from prune_lab.evaluation.weights import INCEPTION, locate
+from prune_lab.runtime.clip import load_clip
 
 W = torch.tensor([[1.0, 0.5, 0.0], [0.0, 2.0, -1.0], [0.3, 0.0, 1.5]])
 B = torch.tensor([1.0, -2.0, 0.5])

@@ -4,13 +4,13 @@ Fig 29) and the cost-quality trade-off of plans, as DataFrames, and figures draw
 Everything here composes the library (graph walker, surgery, scoring criteria, presets, plan search, reporter);
 the notebooks in ``notebooks/`` only call these functions and show what they return.
 
-* set-up (:mod:`.sensitivity`): :func:`world_batches` (calibration from the demo world), :func:`caption_prompts`,
-  :func:`scoring_inputs`;
+* set-up (:mod:`.sensitivity`): :func:`scoring_inputs` (batches, prompts and sampling come in as arguments; the
+  demo world's are made by :mod:`prune_lab.demo.inputs`: only the demo knows the demo);
 * sensitivity: :func:`fig5_units`, :func:`score_table`, :func:`wide`, :func:`importance_spread`, :func:`grouped`,
   :func:`agreement_matrix`;
 * skips: :func:`skip_units`, :func:`skip_sensitivity`, :func:`example_removals`, :func:`removal_images`;
 * trade-offs (:mod:`.tradeoffs`): :func:`tradeoff_plans`, :func:`plan_summary`, :func:`plan_tradeoffs`,
-  :func:`caption_accuracy`, :func:`pareto_mask`;
+  :func:`pareto_mask`;
 * running the notebooks: :mod:`.notebooks` (``python -m prune_lab.analysis.notebooks notebooks/*.ipynb``);
 * figures (:mod:`.figures`; tables in, ``matplotlib.figure.Figure`` out): :func:`plot_grouped`, :func:`plot_matrix`,
   :func:`plot_skip_modes`, :func:`plot_image_grid`, :func:`plot_tradeoffs`.
@@ -21,7 +21,6 @@ Kim et al., "BK-SDM: A Lightweight, Fast, and Cheap Version of Stable Diffusion"
 from .figures import plot_grouped, plot_image_grid, plot_matrix, plot_skip_modes, plot_tradeoffs
 from .sensitivity import (
     agreement_matrix,
-    caption_prompts,
     example_removals,
     fig5_units,
     grouped,
@@ -33,11 +32,8 @@ from .sensitivity import (
     skip_units,
     wide,
     with_places,
-    world_batches,
 )
 from .tradeoffs import (
-    accuracy_columns,
-    caption_accuracy,
     output_mse,
     pareto_mask,
     plan_summary,
@@ -46,10 +42,7 @@ from .tradeoffs import (
 )
 
 __all__ = [
-    "accuracy_columns",
     "agreement_matrix",
-    "caption_accuracy",
-    "caption_prompts",
     "example_removals",
     "fig5_units",
     "grouped",
@@ -71,5 +64,4 @@ __all__ = [
     "tradeoff_plans",
     "wide",
     "with_places",
-    "world_batches",
 ]

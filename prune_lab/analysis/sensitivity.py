@@ -1,5 +1,6 @@
 """Per-unit sensitivity (BK-SDM Fig 5) and skip-connection analysis (BK-SDM appendix Fig 29) on a pipeline:
-the set-up from the demo world, score tables and their summaries (spread, groups, rank agreement as a matrix).
+scoring inputs, score tables and their summaries (spread, groups, rank agreement as a matrix). The data (calibration
+batches, prompts, how images are drawn) comes in as arguments, e.g. from :mod:`prune_lab.demo.inputs`.
 
 Kim et al., "BK-SDM: A Lightweight, Fast, and Cheap Version of Stable Diffusion" (2023).
 """
@@ -8,26 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..backbones import taken_out, walk
-from ..demo.quality import generate, image_seed
-from ..demo.world import World, write_folder
-from ..scoring import (
-    DenoisingBatch,
-    ScoreUnit,
-    ScoringInputs,
-    calibration_from_folder,
-    denoising_batches,
-    noise_scheduler,
-    run_sweep,
-    score_units,
-)
+from ..scoring import DenoisingBatch, ScoreUnit, ScoringInputs, run_sweep, score_units
 from ..units import Graph
 
 #: Kinds of composite units (groups of atoms); :func:`grouped` aggregates atoms only.
@@ -36,37 +27,14 @@ COMPOSITE_KINDS = ("mid", "stage", "pair", "skip_level")
 # ------------------------------------------------------------------------------------------------------ set-up
 
 
-def world_batches(
-    pipe, world: World, samples: int, *, timesteps: int = 2, batch_size: int = 8, split: str = "train", seed: int = 0
-) -> list[DenoisingBatch]:
-    """Denoising batches from `samples` real scenes of the demo world (what ``score --calib-dir`` reads).
-
-    The scenes are written as an image-text folder (:func:`prune_lab.demo.world.write_folder`) and encoded by
-    :func:`prune_lab.scoring.calibration_from_folder` with the pipeline's VAE and text encoder; ``timesteps`` noise
-    levels per scene are drawn from the pipeline's training schedule.
-
-    Returns:
-        ceil(samples · timesteps / batch_size) batches (latents ``[B, C, h, w]``, embeddings ``[B, L, D]``).
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = write_folder(world, split, 0, samples, Path(tmp) / "scenes")
-        calib = calibration_from_folder(pipe, folder, samples=samples, seed=seed, batch_size=batch_size)
-    return denoising_batches(calib, noise_scheduler(pipe), timesteps=timesteps, batch_size=batch_size, seed=seed)
-
-
-def caption_prompts(world: World, count: int, split: str = "heldout") -> list[str]:
-    """The captions of the first `count` scenes of `split` (held-out captions, as the quality figures use)."""
-    return [scene.caption for scene in world.scenes(split, 0, count)]
-
-
 def scoring_inputs(
     pipe, batches: list[DenoisingBatch], prompts: list[str], *, clip_scorer=None, sampling: Mapping, seed: int = 0
 ) -> ScoringInputs:
     """Inputs for every criterion: `batches` for the data-driven ones, `pipe` + `prompts` for `clip`.
 
     Args:
-        clip_scorer: a :class:`prune_lab.scoring.clip.ClipScorer` (e.g. ``load_clip("demo-clip", checkpoint=...)``).
-        sampling: ``scheduler``, ``steps``, ``guidance`` of the generations (:data:`prune_lab.demo.SAMPLING`).
+        clip_scorer: a :class:`prune_lab.runtime.clip.ClipScorer` (e.g. ``load_clip("demo-clip")``).
+        sampling: ``scheduler``, ``steps``, ``guidance`` of the generations (e.g. the demo's ``SAMPLING``).
     """
     options = {k: sampling[k] for k in ("scheduler", "steps", "guidance")}
     if clip_scorer is not None:
@@ -232,18 +200,18 @@ def example_removals(
 
 @torch.no_grad()
 def removal_images(
-    pipe, prompts: list[str], removals: Mapping[str, Iterable[str]], *, steps: int, guidance: float, **kwargs
+    pipe, removals: Mapping[str, Iterable[str]], draw: Callable[[Any], torch.Tensor], *, skip_mode: str = "zero"
 ) -> torch.Tensor:
-    """Images ``[R, N, 3, H, W]`` in [0, 1]: row r generated for the N `prompts` with ``removals``' r-th units taken
-    out (``taken_out(..., skip_mode=...)`` from `kwargs`), every row from the same initial noise.
+    """Images ``[R, N, 3, H, W]``: row r is `draw(pipe)` with ``removals``' r-th units taken out.
 
-    Keyword Args:
-        skip_mode: ``zero`` or ``drop`` (default ``zero``); seed: the noise seeds' base (default 0).
+    Args:
+        removals: row label -> units to take out (:func:`example_removals`).
+        draw: images ``[N, 3, H, W]`` of a pipeline; it should start every call from the same initial noise, so the
+            rows differ by the removals only (e.g. :func:`prune_lab.demo.inputs.caption_images`).
+        skip_mode: how a skip is taken out: ``zero`` or ``drop``.
     """
-    seed, skip_mode = kwargs.get("seed", 0), kwargs.get("skip_mode", "zero")
-    seeds = [image_seed(seed, i) for i in range(len(prompts))]
     graph, rows = walk(pipe.unet), []
     for names in removals.values():
         with taken_out(pipe.unet, names, skip_mode=skip_mode, graph=graph):
-            rows.append(generate(pipe, prompts, seeds, steps=steps, guidance=guidance))
+            rows.append(draw(pipe))
     return torch.stack(rows)

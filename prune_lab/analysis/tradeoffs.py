@@ -10,8 +10,6 @@ import torch
 import torch.nn as nn
 
 from ..backbones import build_student, create_plan
-from ..demo.quality import Accuracy, Classifier, generation_accuracy
-from ..demo.world import World
 from ..plan import Plan, expand_keep
 from ..report import profile_unet
 from ..scoring import DenoisingBatch
@@ -57,30 +55,6 @@ def output_mse(model: nn.Module, batches: list[DenoisingBatch], reference: list[
         total += float((out.double() - ref.double()).pow(2).flatten(1).mean(dim=1).sum())
         count += out.shape[0]
     return total / count
-
-
-def accuracy_columns(accuracy: Accuracy) -> dict[str, float]:
-    """``<attribute>_accuracy`` and ``<attribute>_stderr`` per attribute; colour and shape together is `joint`."""
-    out = {}
-    for row in accuracy.to_frame().itertuples():
-        name = "joint" if row.attribute == "colour+shape" else row.attribute
-        out.update({f"{name}_accuracy": row.accuracy, f"{name}_stderr": row.stderr})
-    return out
-
-
-def caption_accuracy(
-    classifier: Classifier, world: World, n: int, *, steps: int, guidance: float, seed: int = 0, batch_size: int = 50
-) -> Callable[[object], dict[str, float]]:
-    """A quality measure for :func:`plan_tradeoffs`: how often a pipeline draws what `n` held-out captions say
-    (:func:`prune_lab.demo.quality.generation_accuracy`), as :func:`accuracy_columns`."""
-
-    def measure(pipe) -> dict[str, float]:
-        acc = generation_accuracy(
-            classifier, pipe, world, n, steps=steps, guidance=guidance, seed=seed, batch_size=batch_size
-        )
-        return accuracy_columns(acc)
-
-    return measure
 
 
 def with_unet(pipe, unet: nn.Module):
@@ -133,7 +107,7 @@ def plan_tradeoffs(
         plans: name -> plan (:func:`tradeoff_plans`).
         batches: inputs of the output error against the teacher.
         quality: `quality(pipeline) -> {column: value}` run on a pipeline sharing everything but the U-Net
-            (e.g. :func:`caption_accuracy`).
+            (e.g. :func:`prune_lab.demo.inputs.caption_accuracy`).
 
     Returns:
         One row per model: `plan`, `kind` (teacher / preset / search), `removed_blocks`, `expressible`, `params_M`,

@@ -43,8 +43,8 @@ def _quality(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..demo.clip import CLIP_CHECKPOINT, load_scorer
     from ..demo.quality import Classifier, generation_accuracy, scorer_accuracy, shipped_sizes, training_summary
+    from ..demo.scorer import CLIP_CHECKPOINT, load_scorer
     from ..demo.world import World
     from ..evaluation.generate import load_pipeline
 

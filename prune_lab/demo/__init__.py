@@ -2,7 +2,8 @@
 
 * :mod:`~prune_lab.demo.world`: procedurally drawn, captioned scenes with ground-truth attributes;
 * :mod:`~prune_lab.demo.architecture`: the SD-layout parts at toy size and the word-level tokenizer;
-* :mod:`~prune_lab.demo.clip`: the open_clip scorer ``demo-clip`` (registration, loading, FID features);
+* :mod:`~prune_lab.demo.scorer`: the open_clip scorer ``demo-clip`` (registered with open_clip and with
+  :func:`prune_lab.runtime.clip.register_clip`; loading);
 * :mod:`~prune_lab.demo.train`: the training recipe; :mod:`~prune_lab.demo.quality`: the quality figures.
 
 The trained weights ship in the package: :data:`PIPELINE_DIR` (a ``StableDiffusionPipeline`` folder, the built-in

@@ -64,7 +64,7 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, be
 #: The open_clip scorer (`open_clip.create_model` config): open_clip's ModifiedResNet image tower (a CNN: a small
 #: ViT stayed at chance on shape and position for 300 steps here, learning colour only) and a 2-layer text
 #: transformer that reads the pipeline's tokenizer, whose path is filled in when the config is registered (see
-#: :mod:`prune_lab.demo.clip`).
+#: :mod:`prune_lab.demo.scorer`).
 CLIP_CONFIG = dict(
     embed_dim=64,
     vision_cfg=dict(image_size=IMAGE_SIZE, layers=[1, 1, 1, 1], width=16, head_width=16),

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..runtime.clip import normalize_images
 from . import DEMO_DIR
-from .clip import normalize
 from .world import ATTRIBUTES, World, caption
 
 #: How the candidate captions of an attribute are chosen (see the module docstring).
@@ -85,7 +85,7 @@ class Classifier:
     def similarities(self, images: torch.Tensor) -> torch.Tensor:
         """Cosine similarity ``[B, colours, shapes]`` (one axis per attribute) of images ``[B, 3, H, W]`` in [0, 1]
         with every caption."""
-        emb = F.normalize(self.model.encode_image(normalize(self.model, images)).float(), dim=-1)
+        emb = F.normalize(self.model.encode_image(normalize_images(self.model, images)).float(), dim=-1)
         return (emb @ self.text.flatten(0, -2).t()).reshape(len(emb), *self.text.shape[:-1])
 
     def classify(self, images: torch.Tensor, meant: list[dict[str, str]] | None = None) -> dict[str, list[str]]:

@@ -211,7 +211,7 @@ def _scoring_inputs(job: Job, data: Path):
     from ..models import load_unet
     from ..scoring import ScoringInputs, calibration_from_folder, denoising_batches, noise_scheduler
     from ..scoring.calibration import load_pipeline
-    from .clip import CLIP_CHECKPOINT, CLIP_NAME
+    from .scorer import CLIP_CHECKPOINT, CLIP_NAME
     from .world import World
 
     c = job.config

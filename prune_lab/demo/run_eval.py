@@ -61,7 +61,7 @@ def caption_accuracy(classifier, images: torch.Tensor, scenes) -> pd.DataFrame:
 def fid(model, images: torch.Tensor, real: torch.Tensor) -> float:
     """FID between two image sets ``[n, 3, H, W]`` in [0, 1] in the demo scorer's embedding space."""
     from ..evaluation.metrics import FIDStats, frechet_distance
-    from .clip import fid_extractor
+    from ..runtime.clip import fid_extractor
 
     extract = fid_extractor(model)
     a, b = (FIDStats.from_features(extract(x * 255).numpy()) for x in (images, real))
@@ -95,8 +95,8 @@ def evaluate(job: Job, folders: dict[str, str | Path]) -> pd.DataFrame:
     A last row, ``real``, reads the real scenes themselves (the scorer's accuracy: the ceiling) and gives the FID of
     the next n real held-out scenes (the floor at this sample size).
     """
-    from .clip import load_scorer
     from .quality import Classifier
+    from .scorer import load_scorer
     from .world import World
 
     path, c = job.path("eval.csv"), job.config

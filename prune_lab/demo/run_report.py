@@ -205,8 +205,8 @@ def _evaluation_section(job: Job, evaluation: pd.DataFrame) -> list[str]:
     plot_samples({**sample_images(job), "real": real}, [s.caption for s in scenes], job.out / "samples.png")
     fid = (
         f"FID: Frechet distance to the {c.eval_samples} real held-out scenes in `demo-clip`'s 64-d image-embedding "
-        "space (`prune_lab.demo.clip.fid_extractor`); at this small n it is biased upwards, so compare rows with each "
-        f"other and with the `real` row (the next {c.eval_samples} real held-out scenes), not with other reports."
+        "space (`prune_lab.runtime.clip.fid_extractor`); at this small n it is biased upwards, so compare rows with "
+        f"each other and with the `real` row (the next {c.eval_samples} real held-out scenes), not with other reports."
         if c.fid
         else "FID: off in this run."
     )

@@ -185,8 +185,8 @@ def paired_differences(correct: dict[str, dict[str, np.ndarray]], pairs: list[tu
 def run_study(config: StudyConfig, work: str | os.PathLike, *, progress: bool = True) -> dict:
     """Prepare, retrain every arm, measure teacher / pruned / retrained; returns the tables and the settings."""
     from ..models import load_unet
-    from .clip import load_scorer
     from .quality import Classifier
+    from .scorer import load_scorer
 
     config.check()
     work = Path(work)

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..runtime.clip import normalize_images
 from . import DEMO_DIR
 from . import architecture as arch
-from .clip import CLIP_NAME, model_config, multi_positive_clip_loss, normalize, register
+from .scorer import CLIP_NAME, model_config, multi_positive_clip_loss, register
 from .world import World
 
 
@@ -196,7 +197,7 @@ class ClipStage(Stage):
             x = (x + 0.03 * torch.rand(len(x), 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)).clamp(0, 1)
         captions = [s.caption for s in scenes]
         labels = torch.tensor([self.captions.setdefault(c, len(self.captions)) for c in captions])
-        image_emb = F.normalize(self.model.encode_image(normalize(self.model, x)), dim=-1)
+        image_emb = F.normalize(self.model.encode_image(normalize_images(self.model, x)), dim=-1)
         text_emb = F.normalize(self.model.encode_text(self.tokenizer(captions)), dim=-1)
         return multi_positive_clip_loss(image_emb, text_emb, labels, self.model.logit_scale)
 

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
+from ..runtime.clip import ClipScorer
 from .images import NumpyResize, image_batches
-from .weights import INCEPTION, INCEPTION_TORCHSCRIPT, WeightsFile, as_file_named, locate, offline, torch_hub_dir
+from .weights import INCEPTION, INCEPTION_TORCHSCRIPT, WeightsFile, as_file_named, locate, torch_hub_dir
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -208,70 +208,11 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
 
 
 # ---------------------------------------------------------------------------------------------------------- CLIP
-@dataclass
-class ClipModel:
-    """An open_clip model with its evaluation transform and tokenizer."""
-
-    model: torch.nn.Module
-    preprocess: Callable
-    tokenizer: Callable[[list[str]], torch.Tensor]
-    name: str
-
-
-def _check_clip_name(model: str, pretrained: str | None, checkpoint) -> None:
-    import open_clip
-
-    from ..demo.clip import register_builtin
-
-    register_builtin(model)  # the demo world's scorer, demo-clip
-    if model.startswith(("local-dir:", "hf-hub:")):
-        return
-    if model not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {model!r} (e.g. ViT-g-14, ViT-L-14, or local-dir:DIR)")
-    if checkpoint is None and pretrained and not open_clip.get_pretrained_cfg(model, pretrained):
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
-        raise ValueError(f"open_clip has no weights {pretrained!r} for {model}; known: {tags}")
-
-
-def load_clip(
-    model: str = "ViT-g-14",
-    pretrained: str | None = "laion2b_s34b_b88k",
-    checkpoint: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-) -> ClipModel:
-    """An open_clip model: `checkpoint` (a local file) or the published `pretrained` weights (cached / downloaded).
-
-    Raises:
-        FileNotFoundError: `checkpoint` is missing, or the published weights are not cached and cannot be fetched
-            (the message names ``--clip-checkpoint``).
-    """
-    import open_clip
-
-    _check_clip_name(model, pretrained, checkpoint)
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"--clip-checkpoint {checkpoint}: no such file")
-    schema = model.startswith(("local-dir:", "hf-hub:"))  # config and weights come from there
-    source = str(checkpoint) if checkpoint is not None else None if schema else pretrained
-    try:
-        net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=source, device=device)
-    except RuntimeError as e:
-        if checkpoint is not None or schema:
-            raise
-        hub = (open_clip.get_pretrained_cfg(model, pretrained) or {}).get("hf_hub", "")
-        where = f" (open_clip_pytorch_model.bin from https://huggingface.co/{hub.rstrip('/')})" if hub else ""
-        state = "downloads are off" if offline() else str(e).splitlines()[0]
-        raise FileNotFoundError(
-            f"CLIP weights {model} {pretrained} are not cached and {state}; pass "
-            f"--clip-checkpoint PATH to a local copy{where}"
-        ) from None
-    return ClipModel(net.eval(), preprocess, open_clip.get_tokenizer(model), " ".join(filter(None, (model, source))))
-
-
 @torch.no_grad()
 def clip_scores(
     files: Sequence[Path],
     texts: Sequence[str],
-    clip: ClipModel,
+    clip: ClipScorer,
     *,
     size: int | None = None,
     batch_size: int = 50,
@@ -279,14 +220,13 @@ def clip_scores(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> np.ndarray:
-    """Cosine similarity ``[N]`` between each image (after the resize and `clip.preprocess`) and its prompt."""
+    """Cosine similarity ``[N]`` between each image (after the resize and `clip.preprocess`) and its prompt: the CLIP
+    score of :meth:`prune_lab.runtime.clip.ClipScorer.similarity`, batched over image files."""
     if len(files) != len(texts):
         raise ValueError(f"{len(files)} images but {len(texts)} prompts")
     loader = image_batches(files, clip.preprocess, size=size, batch_size=batch_size, num_workers=num_workers)
     scores = []
     for b, images in enumerate(tqdm(loader, desc="CLIP score", disable=not progress)):
-        tokens = clip.tokenizer(list(texts[b * batch_size : (b + 1) * batch_size])).to(device)
-        image_emb = F.normalize(clip.model.encode_image(images.to(device)).float(), dim=-1)
-        text_emb = F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
-        scores.append((image_emb * text_emb).sum(-1).double().cpu())
+        batch_texts = texts[b * batch_size : (b + 1) * batch_size]
+        scores.append(clip.similarity(images.to(device), batch_texts).double().cpu())
     return torch.cat(scores).numpy()

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from ..runtime.clip import load_clip
 from .images import list_images, paired_images
 from .metrics import (
     FID_MODES,
@@ -35,7 +36,6 @@ from .metrics import (
     frechet_distance,
     inception_features,
     inception_score,
-    load_clip,
     load_fid_extractor,
     load_is_classifier,
 )
@@ -168,7 +168,7 @@ class Evaluator:
     Args:
         settings: what to measure.
         networks: pre-built networks by metric name (a FID extractor, an IS classifier, a
-            :class:`~prune_lab.evaluation.metrics.ClipModel`); the rest are loaded on first use.
+            :class:`~prune_lab.runtime.clip.ClipScorer`); the rest are loaded on first use.
     """
 
     def __init__(self, settings: EvalSettings, networks: dict[str, Any] | None = None):

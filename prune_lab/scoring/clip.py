@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..backbones import taken_out
+from ..runtime.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, load_clip
 from .calibration import initial_latents
 from .groups import ScoreUnit
 from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion
-
-DEFAULT_CLIP_MODEL = "ViT-g-14"
-DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b88k"
 
 #: `--scheduler` choices: name -> diffusers scheduler class name.
 SCHEDULERS = {
@@ -25,77 +19,6 @@ SCHEDULERS = {
     "euler": "EulerDiscreteScheduler",
     "dpm": "DPMSolverMultistepScheduler",
 }
-
-
-@dataclass
-class ClipScorer:
-    """An open_clip model with its image preprocessing and tokenizer."""
-
-    model: Any
-    preprocess: Any
-    tokenizer: Any
-    device: torch.device | str = "cpu"
-
-    @torch.no_grad()
-    def __call__(self, images: list, prompts: list[str]) -> torch.Tensor:
-        """Cosine similarity (N,) between each image's and its prompt's CLIP embeddings."""
-        pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        image = F.normalize(self.model.encode_image(pixels).float(), dim=-1)
-        text = F.normalize(self.model.encode_text(self.tokenizer(prompts).to(self.device)).float(), dim=-1)
-        return (image * text).sum(dim=-1)
-
-
-def _model_name(name: str) -> str:
-    import open_clip
-
-    from ..demo.clip import register_builtin
-
-    register_builtin(name)  # the demo world's scorer, demo-clip
-    if name.endswith(".json"):
-        path = Path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"--clip-model config {path} does not exist")
-        open_clip.add_model_config(path)
-        name = path.stem
-    if name not in open_clip.list_models():
-        raise ValueError(
-            f"unknown --clip-model {name!r}; pass an open_clip model name (e.g. {DEFAULT_CLIP_MODEL}) "
-            "or a model config .json"
-        )
-    return name
-
-
-def load_clip(
-    name: str = DEFAULT_CLIP_MODEL,
-    pretrained: str = DEFAULT_CLIP_PRETRAINED,
-    checkpoint: str | os.PathLike | None = None,
-    device: torch.device | str = "cpu",
-) -> ClipScorer:
-    """An open_clip model from a local checkpoint, or from its pretrained tag (downloaded or cached).
-
-    Args:
-        name: open_clip model name, or a model config `.json` (registered with `open_clip.add_model_config`).
-        pretrained: pretrained tag, used when no `checkpoint` is given.
-        checkpoint: a local open_clip checkpoint (state dict) for `name`.
-
-    Raises:
-        FileNotFoundError: `checkpoint` does not exist.
-        ValueError: unknown model, or weights that cannot be had (offline without a checkpoint).
-    """
-    import open_clip
-
-    name = _model_name(name)
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"--clip-checkpoint {checkpoint} does not exist")
-    source = str(checkpoint) if checkpoint is not None else pretrained
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=source, device=device)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise ValueError(
-            f"cannot load CLIP weights {name}/{source} (offline or not cached: "
-            f"{type(e).__name__}); pass --clip-checkpoint PATH to a local open_clip checkpoint"
-        ) from e
-    return ClipScorer(model.eval(), preprocess, open_clip.get_tokenizer(name), device)
 
 
 def with_scheduler(pipe, scheduler: str):
@@ -147,8 +70,9 @@ def clip(inputs: ScoringInputs) -> UnitScorer:
     between image and prompt embeddings (the unpruned `clip_baseline` in the extras). Importance = baseline − raw
     (the drop in CLIP score); higher = more important.
 
-    Options: `clip_model`, `clip_pretrained`, `clip_checkpoint`, `scheduler`, `steps`, `guidance`, `batch_size`,
-    `image_dir` (keep every unit's images on disk).
+    Options: `clip_model`, `clip_pretrained`, `clip_checkpoint` (:func:`prune_lab.runtime.clip.load_clip`'s; or
+    `clip_scorer`, a loaded :class:`~prune_lab.runtime.clip.ClipScorer`), `scheduler`, `steps`, `guidance`,
+    `batch_size`, `image_dir` (keep every unit's images on disk).
     """
     opt, unet, graph = inputs.options, inputs.unet, inputs.graph
     if not inputs.prompts:
