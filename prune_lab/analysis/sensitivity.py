@@ -18,13 +18,13 @@ import torch
 from ..demo.quality import generate, image_seed
 from ..demo.world import World, write_folder
 from ..graph import UNetGraph, walk
+from ..runtime.schedule import noise_scheduler
 from ..scoring import (
     DenoisingBatch,
     ScoreUnit,
     ScoringInputs,
     calibration_from_folder,
     denoising_batches,
-    noise_scheduler,
     run_sweep,
     score_units,
 )
