@@ -207,3 +207,12 @@ def test_sdxl_folder_loads_the_sdxl_pipeline(tmp_path):
 def test_load_pipeline_needs_a_pipeline(tiny_unet_dir):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_pipeline(tiny_unet_dir)
+
+
+def test_generate_refuses_a_pipeline_without_prompts(tmp_path):
+    from conftest import tiny_ldm_unet
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    DDPMPipeline(unet=tiny_ldm_unet(), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ldm")
+    with pytest.raises(ValueError, match="DDPMPipeline, which takes no prompt"):
+        load_pipeline(tmp_path / "ldm")
