@@ -12,16 +12,15 @@ from conftest import build_tiny_sdxl_pipeline
 from PIL import Image
 
 from prune_lab.evaluation.generate import (
-    SCHEDULERS,
     GenerationConfig,
     generate_images,
     load_pipeline,
-    make_scheduler,
     pending,
     prompt_seed,
     record_settings,
 )
 from prune_lab.evaluation.prompts import coco_captions, read_prompts, write_prompts
+from prune_lab.runtime.samplers import SAMPLERS, build_sampler
 
 PROMPTS = pd.DataFrame(
     {
@@ -163,15 +162,16 @@ def test_generation_json_guards_resume(tmp_path):
         record_settings(tmp_path, dict(settings, steps=50))
 
 
-@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("name", SAMPLERS.names())
 def test_scheduler_registry(tiny_pipeline_dir, name, tmp_path):
-    cls, overrides = SCHEDULERS[name]
+    spec = SAMPLERS.get(name)
+    cls, overrides = spec.scheduler_class(), spec.overrides
     sampler = load_pipeline(tiny_pipeline_dir, scheduler=name)
     assert type(sampler.scheduler) is cls and all(sampler.scheduler.config[k] == v for k, v in overrides.items())
-    assert type(make_scheduler(name, sampler.scheduler.config)) is cls
+    assert type(build_sampler(name, sampler.scheduler.config)) is cls
     assert generate_images(sampler, PROMPTS[:1], tmp_path, GenerationConfig(scheduler=name, **FAST)).written == 1
-    with pytest.raises(ValueError, match="choose one of pndm, dpm, ddim"):
-        GenerationConfig(scheduler="euler")
+    with pytest.raises(ValueError, match="choose from: pndm, ddim, euler, dpm"):
+        GenerationConfig(scheduler="heun")
 
 
 def test_pruned_export_loads_through_load_pruned(tiny_pipeline_dir, tmp_path):
@@ -207,3 +207,12 @@ def test_sdxl_folder_loads_the_sdxl_pipeline(tmp_path):
 def test_load_pipeline_needs_a_pipeline(tiny_unet_dir):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_pipeline(tiny_unet_dir)
+
+
+def test_generate_refuses_a_pipeline_without_prompts(tmp_path):
+    from conftest import tiny_ldm_unet
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    DDPMPipeline(unet=tiny_ldm_unet(), scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ldm")
+    with pytest.raises(ValueError, match="DDPMPipeline, which takes no prompt"):
+        load_pipeline(tmp_path / "ldm")

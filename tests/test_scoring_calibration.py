@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from prune_lab.models import load_unet
+from prune_lab.runtime.readers import read_image_text
 from prune_lab.scoring import (
     Calibration,
     calibration_from_folder,
@@ -20,7 +21,7 @@ from prune_lab.scoring import (
     save_calibration,
     synthetic_calibration,
 )
-from prune_lab.scoring.calibration import load_pipeline, read_captions
+from prune_lab.scoring.calibration import load_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,11 @@ def test_image_folder_is_encoded_with_the_vae_and_text_encoder(pipe, tmp_path, f
 def test_bad_folders_and_prompt_files(tmp_path):
     (tmp_path / "bare").mkdir()
     with pytest.raises(ValueError, match="has no captions: add metadata.csv or metadata.jsonl"):
-        read_captions(tmp_path / "bare")
+        read_image_text(tmp_path / "bare")
     folder = _image_folder(tmp_path / "data", "csv")
     (folder / "1.png").unlink()
     with pytest.raises(FileNotFoundError, match="lists 1.png"):
-        read_captions(folder)
+        read_image_text(folder)
     (tmp_path / "p.txt").write_text("\n \n")
     with pytest.raises(ValueError, match="is empty; put one prompt per line"):
         read_prompts(tmp_path / "p.txt")

@@ -27,7 +27,7 @@ def tradeoff_plans(
     strategy: str = "greedy",
     source: str = "",
 ) -> dict[str, Plan]:
-    """Plan name -> plan: each preset (:func:`prune_lab.presets.create_plan`), then the plan the budgeted search
+    """Plan name -> plan: each preset (:func:`prune_lab.backbones.create_plan`), then the plan the budgeted search
     (:func:`prune_lab.search.search`) finds on `scores` for each target (``params=0.6``, ``macs=70%`` ...).
 
     Raises:
@@ -100,7 +100,7 @@ def plan_tradeoffs(
     quality: Callable[[object], Mapping[str, float]] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Cost and quality of the teacher and of each plan's compact student (:func:`prune_lab.export.build_student`).
+    """Cost and quality of the teacher and of each plan's compact student (:func:`prune_lab.backbones.build_student`).
 
     Args:
         pipe: the teacher's pipeline (its `.unet` is the teacher).

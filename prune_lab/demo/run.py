@@ -209,8 +209,9 @@ def _scoring_inputs(job: Job, data: Path):
     """Model, calibration batches, pipeline and prompts for every registered criterion."""
     from ..backbones import walk
     from ..models import load_unet
-    from ..scoring import ScoringInputs, calibration_from_folder, denoising_batches, noise_scheduler
-    from ..scoring.calibration import load_pipeline
+    from ..pipelines import load_pipeline
+    from ..runtime.schedule import noise_scheduler
+    from ..scoring import ScoringInputs, calibration_from_folder, denoising_batches
     from .scorer import CLIP_CHECKPOINT, CLIP_NAME
     from .world import World
 

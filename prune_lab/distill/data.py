@@ -1,10 +1,11 @@
 """Training data: an image-text folder, or a cache of VAE posteriors + text conditioning written once from it.
 
 Image-text folder: images plus `metadata.csv` or `metadata.jsonl` with columns `file_name,text` (the layout of
-Hugging Face's `imagefolder`). Each image is resized on its smaller edge, center-cropped to `resolution` and flipped
-left-right with probability 1/2. The flip is a hash of (seed, epoch, index), so the data a step sees depends only on
-the step: a resumed run sees exactly what an uninterrupted one would. A corrupt image is skipped (the next readable
-one takes its place) and reported in the batch's `bad` list; it never crashes a run.
+Hugging Face's `imagefolder`, read by :func:`prune_lab.runtime.readers.read_image_text`). Each image is resized
+on its smaller edge, center-cropped to `resolution` and flipped left-right with probability 1/2. The flip is a
+hash of (seed, epoch, index), so the data a step sees depends only on the step: a resumed run sees exactly what an
+uninterrupted one would. A corrupt image is skipped (the next readable one takes its place) and reported in the
+batch's `bad` list; it never crashes a run.
 
 Latents cache (`prunelab cache-latents`): `cache.json` + safetensors shards with each image's VAE posterior
 `moments` (mean and log-variance), the same for the flipped image, and the conditioning tensors (`cond.<name>`).
@@ -20,18 +21,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
+from ..runtime.atomic import write_json, write_with
+from ..runtime.readers import crop_tensor, read_image_text, read_rgb
 from .encoders import FrozenEncoders, encode_moments
 
-METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 CACHE_FORMAT, CACHE_VERSION, CACHE_INDEX = "prune_lab.latent_cache", 1, "cache.json"
 BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
@@ -66,24 +66,6 @@ def _key(key) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------- image-text folder
-def read_metadata(folder: Path) -> pd.DataFrame:
-    """The `file_name,text` table of an image-text folder (csv or jsonl), checked for captions and files."""
-    found = [folder / name for name in METADATA_FILES if (folder / name).exists()]
-    if not found:
-        raise ValueError(f"{folder} has no captions: add metadata.csv or metadata.jsonl with columns file_name,text")
-    path = found[0]
-    df = pd.read_json(path, lines=True) if path.suffix == ".jsonl" else pd.read_csv(path, keep_default_na=False)
-    missing = {"file_name", "text"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; it needs file_name,text")
-    if df.empty:
-        raise ValueError(f"{path} lists no images")
-    absent = [f for f in df["file_name"] if not (folder / f).exists()]
-    if absent:
-        raise FileNotFoundError(f"{path} lists {len(absent)} missing image(s), e.g. {folder / absent[0]}")
-    return df[["file_name", "text"]].astype(str).reset_index(drop=True)
-
-
 class ImageTextFolder(Dataset):
     """An image-text folder as (B, 3, R, R) tensors in [-1, 1] plus captions.
 
@@ -96,30 +78,25 @@ class ImageTextFolder(Dataset):
 
     def __init__(self, folder, resolution: int = 512, seed: int = 0, flip: bool = True) -> None:
         self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise FileNotFoundError(f"data folder {self.folder} does not exist")
-        self.table = read_metadata(self.folder)
+        self.rows = read_image_text(self.folder)
         self.resolution, self.seed, self.flip = resolution, seed, flip
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.rows)
 
     def load(self, index: int, flip: bool = False) -> dict | None:
         """Sample `index` (None if its image cannot be decoded)."""
-        row = self.table.iloc[index]
+        row = self.rows[index]
         try:
-            with Image.open(self.folder / row["file_name"]) as im:
-                image = im.convert("RGB")
+            image = read_rgb(row.path)
         except BAD_IMAGE_ERRORS:
             return None
         size = torch.tensor([image.height, image.width])
-        image = TF.resize(image, self.resolution, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        top, left = (image.height - self.resolution) // 2, (image.width - self.resolution) // 2
-        pixels = TF.to_tensor(TF.center_crop(image, self.resolution)) * 2 - 1
+        pixels, (top, left) = crop_tensor(image, self.resolution)
         return {
             "index": index,
             "pixel_values": pixels.flip(-1) if flip else pixels,
-            "text": row["text"],
+            "text": row.text,
             "original_size": size,
             "crop_top_left": torch.tensor([top, left]),
         }
@@ -132,7 +109,7 @@ class ImageTextFolder(Dataset):
             item = self.load(i, self.flip and flip_for(self.seed, epoch, i))
             if item is not None:
                 return {**item, "bad": bad}
-            bad.append(str(self.table.iloc[i]["file_name"]))
+            bad.append(self.rows[i].file_name)
         raise ValueError(f"no image in {self.folder} can be read")
 
 
@@ -255,7 +232,7 @@ class _Uncached(Dataset):
     def __getitem__(self, i: int):
         index = self.indices[i]
         item = self.folder.load(index)
-        return item if item is not None else ("bad", str(self.folder.table.iloc[index]["file_name"]))
+        return item if item is not None else ("bad", self.folder.rows[index].file_name)
 
 
 def _write_shard(
@@ -271,13 +248,8 @@ def _write_shard(
         _Uncached(folder, indices), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate_valid
     )
     tensors, bad, count = _encode_shard(encoders, loader, settings["flip"], getattr(torch, settings["dtype"]))
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(
-        tensors,
-        str(tmp),
-        metadata={"count": str(count), "skipped": json.dumps(bad), "settings": json.dumps(settings, sort_keys=True)},
-    )
-    tmp.replace(path)
+    metadata = {"count": str(count), "skipped": json.dumps(bad), "settings": json.dumps(settings, sort_keys=True)}
+    write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def _read_shard(path: Path, settings: dict) -> tuple[int, list[str], set[str]]:
@@ -359,7 +331,5 @@ def write_latent_cache(
         "shards": shards,
         "skipped": skipped,
     }
-    tmp = out_dir / f".{CACHE_INDEX}.tmp"
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    tmp.replace(out_dir / CACHE_INDEX)
+    write_json(out_dir / CACHE_INDEX, index)
     return CacheSummary(out_dir, index["count"], len(shards), skipped, resumed)

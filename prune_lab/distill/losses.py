@@ -3,18 +3,21 @@ Diffusion", ECCV 2024, §3.2):
 
     L = λ_task·‖y − ε_S(z_t, c, t)‖² + λ_out·‖ε_T(z_t, c, t) − ε_S(z_t, c, t)‖² + λ_feat·Σ_l ‖f_T^l − f_S^l‖²
 
-with every ‖·‖² a mean squared error, y the regression target of the scheduler's prediction type (ε, v or x₀),
-the teacher frozen and run without gradients. Terms are computed in fp32 whatever the autocast dtype.
+with every ‖·‖² a mean squared error, y the regression target of the scheduler's prediction type (ε, v or x₀;
+:func:`prune_lab.runtime.schedule.training_target`), the teacher frozen and run without gradients. Terms are
+computed in fp32 whatever the autocast dtype.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..runtime.schedule import training_target
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -24,36 +27,9 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(a.float(), b.float(), reduction="mean")
 
 
-# ------------------------------------------------------------------------------------------------- targets
-def _epsilon(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    return noise
-
-
-def _v_prediction(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    return scheduler.get_velocity(latents, noise, timesteps)
-
-
-def _sample(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    return latents
-
-
-#: Regression target per diffusers `prediction_type`: (scheduler, z_0, ε, t) -> y, all (B, C, h, w).
-TARGETS: dict[str, Callable] = {"epsilon": _epsilon, "v_prediction": _v_prediction, "sample": _sample}
-
-
-def regression_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """The task-loss target for the scheduler's `prediction_type` (ε, v = α_t·ε − σ_t·z_0, or z_0).
-
-    Args:
-        scheduler: a diffusers noise scheduler (its `config.prediction_type` picks the target).
-        latents: clean latents z_0, (B, C, h, w).
-        noise: the noise ε added to them, (B, C, h, w).
-        timesteps: (B,) integer timesteps.
-    """
-    kind = scheduler.config.prediction_type
-    if kind not in TARGETS:
-        raise ValueError(f"scheduler prediction_type {kind!r} is not one of {', '.join(TARGETS)}")
-    return TARGETS[kind](scheduler, latents, noise, timesteps)
+#: the task-loss target y for the scheduler's `prediction_type`: the runtime's one definition, under the name
+#: distill's callers (and :mod:`prune_lab.width.criteria`) import
+regression_target = training_target
 
 
 # -------------------------------------------------------------------------------------------------- losses

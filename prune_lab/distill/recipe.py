@@ -26,13 +26,13 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
-from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import BatchSampler, DataLoader
 from tqdm.auto import tqdm
 
 from ..formats import WIDTH_FORMAT, export_format
 from ..models import load_unet
+from ..runtime.schedule import noise_scheduler
 from .data import EpochSampler, LatentCache, collate, open_dataset
 from .encoders import FrozenEncoders, load_encoders
 from .features import FEATURE_LAYERS, feature_pairs
@@ -247,7 +247,7 @@ class DistillRecipe:
         candidates.append(Path(self.cfg.data) / "scheduler")
         for folder in candidates:
             if (folder / "scheduler_config.json").exists():
-                return DDPMScheduler.from_pretrained(folder)
+                return noise_scheduler(folder)
         raise ValueError("no noise scheduler config found: pass a pipeline --teacher or a cache written from one")
 
     def _setup_training(self) -> None:

@@ -15,9 +15,10 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
+from ..runtime.schedule import training_target
 from .encoders import FrozenEncoders, unet_kwargs
 from .features import FeaturePair, FeatureTap
-from .losses import DistillationLoss, LossTerms, regression_target
+from .losses import DistillationLoss, LossTerms
 
 
 def step_generator(seed: int, micro_step: int, process: int = 0, device="cpu") -> torch.Generator:
@@ -72,7 +73,7 @@ class DistillStep:
         steps = self.scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        target = regression_target(self.scheduler, latents, noise, timesteps)
+        target = training_target(self.scheduler, latents, noise, timesteps)
         return noisy, timesteps, target, self.encoders.condition(batch)
 
     def __call__(self, batch: dict, generator: torch.Generator) -> LossTerms:

@@ -3,7 +3,7 @@
 Determinism: prompt ``i`` starts from latents drawn by its own CPU generator seeded with
 :func:`prompt_seed` ``(seed, i)`` (diffusers draws one latent per generator when given a list), so an image depends
 on its prompt index only: not on the batch size, the process count, or which images were already there. The
-samplers registered in :data:`SCHEDULERS` add no noise after the first step. (Batches of different sizes can
+samplers of :mod:`prune_lab.runtime.samplers` add no noise after the first step. (Batches of different sizes can
 still differ in the last bit of floating point, which may move a pixel by one level.)
 
 Resuming: images are written under a temporary name and renamed, so an image that exists is complete and is
@@ -16,6 +16,7 @@ Processes: process ``k`` of ``n`` takes prompt indices ``k, k+n, k+2n, ...`` (ru
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -25,33 +26,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    PNDMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-)
+from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
-from ..formats import PRUNED_MARKER, load_pruned
-from ..models import resolve_model
+from .. import pipelines
+from ..runtime import samplers
+from ..runtime.atomic import atomic_path, write_json
+from ..runtime.generation import sample
 from .images import image_name
 
-#: Samplers by CLI name: (scheduler class, overrides of the pipeline's scheduler config).
-SCHEDULERS: dict[str, tuple[type, dict]] = {
-    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
-    "dpm": (DPMSolverMultistepScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
-}
-
-#: Pipelines by ``model_index.json`` class name: (class, loading keyword arguments). The safety checker stays off,
-#: as in BK-SDM's benchmark runs, so that no image is replaced by a black one.
-PIPELINES: dict[str, tuple[type, dict]] = {
-    "StableDiffusionPipeline": (StableDiffusionPipeline, {"safety_checker": None, "requires_safety_checker": False}),
-    "StableDiffusionXLPipeline": (StableDiffusionXLPipeline, {}),
-}
+#: `--scheduler` choices (:func:`prune_lab.runtime.samplers.names`; kept for prune_lab.cli, which imports it here).
+SCHEDULERS = tuple(samplers.names())
 
 #: Image formats by extension (JPEG at PIL's default quality 75 is what BK-SDM's scripts wrote).
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
@@ -67,7 +52,7 @@ class GenerationConfig:
     Attributes:
         steps: denoising steps.
         guidance: classifier-free guidance scale.
-        scheduler: a :data:`SCHEDULERS` name.
+        scheduler: a :mod:`prune_lab.runtime.samplers` name.
         resolution: square image side in pixels; None uses the model's native size.
         seed: base seed; prompt ``i`` uses :func:`prompt_seed` ``(seed, i)``.
         batch_size: prompts per pipeline call.
@@ -83,8 +68,8 @@ class GenerationConfig:
     ext: str = "png"
 
     def __post_init__(self):
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if self.scheduler not in samplers.SAMPLERS:
+            raise ValueError(samplers.SAMPLERS.unknown(self.scheduler))
         if self.ext not in IMAGE_FORMATS:
             raise ValueError(f"unknown image format {self.ext!r}; choose one of {', '.join(IMAGE_FORMATS)}")
         if self.steps < 1 or self.batch_size < 1:
@@ -107,25 +92,12 @@ def prompt_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence((seed, index)).generate_state(1, np.uint64)[0])
 
 
-def make_scheduler(name: str, config: dict):
-    """A :data:`SCHEDULERS` sampler built from a pipeline's scheduler config."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    cls, overrides = SCHEDULERS[name]
-    return cls.from_config(config, **overrides)
-
-
-def _pipeline_entry(model: str) -> tuple[type, dict]:
-    try:
-        name = DiffusionPipeline.load_config(model)["_class_name"]
-    except OSError as e:
-        raise FileNotFoundError(
-            f"--model {model}: no diffusers pipeline there (model_index.json); generation needs a "
-            f"pipeline folder, e.g. one written by prunelab apply from a pipeline ({e})"
-        ) from None
-    if name not in PIPELINES:
-        raise ValueError(f"--model {model} is a {name}; prunelab generate runs {', '.join(PIPELINES)}")
-    return PIPELINES[name]
+def _require_text_to_image(pipe: DiffusionPipeline, model) -> None:
+    if "prompt" not in inspect.signature(type(pipe).__call__).parameters:
+        raise ValueError(
+            f"--model {model} is a {type(pipe).__name__}, which takes no prompt; prunelab generate needs a "
+            "text-to-image pipeline (e.g. StableDiffusionPipeline, StableDiffusionXLPipeline)"
+        )
 
 
 def load_pipeline(
@@ -135,21 +107,20 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> DiffusionPipeline:
-    """Load a text-to-image pipeline folder (or hub id) with the chosen sampler.
+    """Load a text-to-image pipeline folder, hub id or built-in name with the chosen sampler, for evaluation.
 
-    A prune_lab export whose ``unet/`` is in the compact format is rebuilt by :func:`prune_lab.load_pruned` and
-    passed in as the pipeline's U-Net. The pipeline class (SD or SDXL) comes from ``model_index.json``.
+    :func:`prune_lab.pipelines.load_pipeline` with evaluation's settings: the sampler's registered
+    overrides (PNDM skips its Runge-Kutta steps), fp32 on the CPU unless asked, and no safety checker (as in
+    BK-SDM's benchmark runs, so that no image is replaced by a black one). A prune_lab export in the compact format
+    is rebuilt by :func:`prune_lab.load_pruned`; the pipeline class comes from ``model_index.json``.
+
+    Raises:
+        FileNotFoundError: no pipeline there.
+        ValueError: unknown sampler, or a pipeline that takes no prompt.
     """
-    model = resolve_model(model)  # a built-in pipeline name (`demo`) -> its folder
-    cls, kwargs = _pipeline_entry(model)
-    kwargs = dict(kwargs, torch_dtype=dtype)
-    if (Path(model) / "unet" / PRUNED_MARKER).exists():
-        unet = load_pruned(model)
-        kwargs["unet"] = unet if dtype == torch.float32 else unet.to(dtype)
-    pipe = cls.from_pretrained(model, **kwargs)
-    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    pipe = pipelines.load_pipeline(model, device, dtype=dtype, sampler=scheduler, safety_checker=False)
+    _require_text_to_image(pipe, model)
+    return pipe
 
 
 def native_resolution(pipe: DiffusionPipeline) -> int:
@@ -181,10 +152,7 @@ def record_settings(out_dir: str | os.PathLike, settings: dict) -> Path:
     check_resume(out_dir, settings)
     path = Path(out_dir) / "generation.json"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(settings, indent=2))
-        os.replace(tmp, path)
+        write_json(path, settings)
     return path
 
 
@@ -200,9 +168,9 @@ def pending(
 
 
 def _save(img, path: Path, ext: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    img.save(tmp, format=IMAGE_FORMATS[ext])
-    os.replace(tmp, path)
+    # a `.tmp` temporary, so an image left half-written by a killed process is never listed as an image
+    with atomic_path(path, suffix=".tmp") as tmp:
+        img.save(tmp, format=IMAGE_FORMATS[ext])
 
 
 def generate_images(
@@ -234,14 +202,10 @@ def generate_images(
         for b in range(0, len(todo), config.batch_size):
             batch = todo[b : b + config.batch_size]
             generators = [torch.Generator("cpu").manual_seed(prompt_seed(config.seed, i)) for i in batch]
-            images = pipe(
-                prompt=[prompts["text"][i] for i in batch],
-                num_inference_steps=config.steps,
-                guidance_scale=config.guidance,
-                height=size,
-                width=size,
-                generator=generators,
-            ).images
+            texts = [prompts["text"][i] for i in batch]
+            images = sample(
+                pipe, texts, steps=config.steps, guidance=config.guidance, generators=generators, size=size
+            )
             for i, img in zip(batch, images, strict=True):
                 _save(img, out_dir / image_name(prompts["file_name"][i], config.ext), config.ext)
             bar.update(len(batch))

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..runtime.readers import read_rgb
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -79,8 +81,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        with Image.open(self.files[i]) as img:
-            return self.transform(resize_image(img.convert("RGB"), self.size))
+        return self.transform(resize_image(read_rgb(self.files[i]), self.size))
 
 
 def _stack(items: list[torch.Tensor]) -> torch.Tensor:

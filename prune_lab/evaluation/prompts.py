@@ -8,7 +8,8 @@ index that seeds generation, see :mod:`prune_lab.evaluation.generate`):
   ``COCO_val2014_000000000042.png``). Prompt files without one get ``000000``, ``000001``, ...
 
 Files on disk are either a CSV with a ``text`` column and optionally ``file_name`` (BK-SDM's ``metadata.csv``
-has exactly these columns) or a ``.txt`` with one prompt per line (blank lines are skipped).
+has exactly these columns) or a ``.txt`` with one prompt per line (blank lines are skipped;
+:func:`prune_lab.runtime.readers.read_prompt_lines`).
 
 COCO sampling (:func:`coco_captions`) follows the zero-shot protocol of BK-SDM (Kim et al., 2023,
 arXiv:2305.15798, after GALIP / Imagen): a random subset of the images of the val2014 split with one caption each.
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..runtime.atomic import write_csv
+from ..runtime.readers import read_prompt_lines
 
 PROMPT_COLUMNS = ["file_name", "text"]
 
@@ -72,21 +76,15 @@ def read_prompts(path: str | os.PathLike) -> pd.DataFrame:
         if "file_name" not in df.columns:
             df["file_name"] = _default_names(len(df))
     else:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        texts = [line for line in lines if line]
+        texts = read_prompt_lines(path)
         df = pd.DataFrame({"file_name": _default_names(len(texts)), "text": texts})
     return _check(df[PROMPT_COLUMNS], str(path))
 
 
 def write_prompts(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a prompt set as CSV (``file_name``, ``text`` first, then any extra columns), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = PROMPT_COLUMNS + [c for c in df.columns if c not in PROMPT_COLUMNS]
-    tmp = path.with_name(path.name + ".tmp")
-    df[columns].to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_csv(path, df[columns])
 
 
 def _captions_by_image(annotations: dict) -> dict[int, list[dict]]:

@@ -15,18 +15,24 @@ at sampled timesteps with the denoising target, as in the training loss of the m
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from .. import pipelines
+from ..runtime.atomic import write_with
+from ..runtime.generation import initial_latents, sample
+from ..runtime.readers import crop_tensor, read_image_text, read_prompt_lines, read_rgb
+from ..runtime.schedule import noise_scheduler as noise_scheduler  # re-exported: prune_lab.cli imports it here
+from ..runtime.schedule import training_target
+
 CACHE_FORMAT = "prune_lab.calibration"
-METADATA_FILES = ("metadata.csv", "metadata.jsonl")
+
+#: scoring's name for :func:`prune_lab.runtime.readers.read_prompt_lines` (prune_lab.cli imports it from here)
+read_prompts = read_prompt_lines
 
 
 @dataclass
@@ -63,50 +69,9 @@ class DenoisingBatch:
         return DenoisingBatch(move(self.inputs), self.target.to(device))
 
 
-def read_prompts(path: str | os.PathLike) -> list[str]:
-    """Non-empty lines of a prompts file.
-
-    Raises:
-        FileNotFoundError / ValueError: missing or empty file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist; pass a text file with one prompt per line")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompts file {path} is empty; put one prompt per line")
-    return prompts
-
-
-def read_captions(folder: str | os.PathLike) -> list[tuple[Path, str]]:
-    """(image path, caption) pairs listed by a folder's `metadata.csv` / `metadata.jsonl`.
-
-    Raises:
-        FileNotFoundError: no such folder, or a listed image is missing.
-        ValueError: no metadata file, wrong columns, or no rows.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"calibration folder {folder} does not exist")
-    meta = next((folder / m for m in METADATA_FILES if (folder / m).is_file()), None)
-    if meta is None:
-        raise ValueError(
-            f"calibration folder {folder} has no captions: add metadata.csv or metadata.jsonl with "
-            "columns file_name,text"
-        )
-    with meta.open() as f:
-        rows = list(csv.DictReader(f)) if meta.suffix == ".csv" else [json.loads(x) for x in f if x.strip()]
-    if not rows or not {"file_name", "text"} <= set(rows[0]):
-        raise ValueError(f"{meta} needs rows with the columns file_name,text")
-    pairs = [(folder / r["file_name"], str(r["text"])) for r in rows]
-    missing = [p for p, _ in pairs if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{meta} lists {missing[0].name}, which is not in {folder}")
-    return pairs
-
-
 def load_pipeline(loaded, device: torch.device | str | None = None):
-    """The diffusers pipeline around a loaded U-Net (`loaded.unet` is its `.unet`, so surgery on one is on both).
+    """The diffusers pipeline around a loaded U-Net (:func:`prune_lab.pipelines.load_pipeline`): its
+    `.unet` is `loaded.unet`, so surgery on one is on both; the U-Net's dtype, the pipeline's own scheduler.
 
     Raises:
         ValueError: the model is not a pipeline folder.
@@ -116,11 +81,7 @@ def load_pipeline(loaded, device: torch.device | str | None = None):
             f"--model {loaded.source} is not a pipeline folder: image folders, prompts and the clip "
             "criterion need one (with unet/, vae/, text_encoder/); use --synthetic or --calib-cache"
         )
-    from diffusers import DiffusionPipeline
-
-    pipe = DiffusionPipeline.from_pretrained(loaded.root, unet=loaded.unet, dtype=loaded.unet.dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device) if device is not None else pipe
+    return pipelines.load_pipeline(loaded, device)
 
 
 def _require_single_text_encoder(pipe) -> None:
@@ -142,39 +103,23 @@ def encode_prompts(pipe, prompts: list[str], batch_size: int = 8) -> torch.Tenso
     return torch.cat(chunks)
 
 
-def _image_tensor(path: Path, resolution: int) -> torch.Tensor:
-    from PIL import Image
-    from torchvision.transforms import functional as TF
-
-    image = Image.open(path).convert("RGB")
-    image = TF.center_crop(TF.resize(image, resolution), [resolution, resolution])
-    return TF.to_tensor(image) * 2.0 - 1.0
-
-
 @torch.no_grad()
 def calibration_from_folder(
     pipe, folder: str | os.PathLike, *, samples: int, resolution: int | None = None, seed: int = 0, batch_size: int = 8
 ) -> Calibration:
     """Encode the first `samples` image-caption pairs of `folder` with the pipeline's VAE and text encoder."""
     _require_single_text_encoder(pipe)
-    pairs = read_captions(folder)[:samples]
+    rows = read_image_text(folder)[:samples]
     resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     vae, generator = pipe.vae, torch.Generator().manual_seed(seed)
     latents = []
-    for i in range(0, len(pairs), batch_size):
-        images = torch.stack([_image_tensor(p, resolution) for p, _ in pairs[i : i + batch_size]])
+    for i in range(0, len(rows), batch_size):
+        images = torch.stack([crop_tensor(read_rgb(r.path), resolution)[0] for r in rows[i : i + batch_size]])
         dist = vae.encode(images.to(pipe.device, vae.dtype)).latent_dist
         noise = torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
         latents.append((dist.mean + dist.std * noise - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor)
-    embeddings = encode_prompts(pipe, [t for _, t in pairs], batch_size)
+    embeddings = encode_prompts(pipe, [r.text for r in rows], batch_size)
     return Calibration(torch.cat(latents).cpu(), embeddings.cpu(), source=f"images:{folder}")
-
-
-def initial_latents(pipe, count: int, seed: int) -> torch.Tensor:
-    """The initial noise (count, C, h, w) for generation: latent i is drawn from seed + i alone."""
-    cfg = pipe.unet.config
-    shape = (cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(count)])
 
 
 @torch.no_grad()
@@ -184,17 +129,17 @@ def calibration_from_prompts(
     """Data-free calibration: clean latents generated from `prompts` by the (unpruned) pipeline."""
     embeddings = encode_prompts(pipe, prompts, batch_size)
     noise = initial_latents(pipe, len(prompts), seed)
-    latents = []
-    for i in range(0, len(prompts), batch_size):
-        out = pipe(
+    latents = [
+        sample(
+            pipe,
+            steps=steps,
+            guidance=guidance,
             prompt_embeds=embeddings[i : i + batch_size],
-            latents=noise[i : i + batch_size].to(pipe.device),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
+            latents=noise[i : i + batch_size],
             output_type="latent",
-            return_dict=False,
-        )[0]
-        latents.append(out)
+        )
+        for i in range(0, len(prompts), batch_size)
+    ]
     return Calibration(torch.cat(latents).cpu(), embeddings.cpu(), source=f"prompts:{len(prompts)}")
 
 
@@ -222,22 +167,13 @@ def save_calibration(calib: Calibration, path: str | os.PathLike) -> Path:
     """Write a cache file atomically (safetensors; metadata records the format and the source)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         "latents": calib.latents.contiguous(),
         **({"embeddings": calib.embeddings.contiguous()} if calib.embeddings is not None else {}),
         **{k: v.contiguous() for k, v in (calib.added or {}).items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": CACHE_FORMAT, "source": calib.source})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    metadata = {"format": CACHE_FORMAT, "source": calib.source}
+    return write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_calibration(path: str | os.PathLike, unet: nn.Module) -> Calibration:
@@ -274,34 +210,6 @@ def _check_fits(calib: Calibration, unet: nn.Module, path: Path) -> None:
         raise ValueError(f"{path} does not match the model's added conditions (SDXL text_time); write a new cache")
 
 
-def noise_scheduler(source=None):
-    """The training noise schedule, as a DDPM scheduler.
-
-    Args:
-        source: a pipeline (its scheduler's config), a pipeline folder (its `scheduler/` config), or None for
-            SD's scaled-linear schedule (1000 steps, betas 0.00085 to 0.012).
-    """
-    from diffusers import DDPMScheduler
-
-    if hasattr(source, "scheduler"):
-        return DDPMScheduler.from_config(source.scheduler.config)
-    if source is not None and (Path(source) / "scheduler").is_dir():
-        return DDPMScheduler.from_pretrained(source, subfolder="scheduler")
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
-
-def _target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    targets = {
-        "epsilon": lambda: noise,
-        "sample": lambda: x0,
-        "v_prediction": lambda: scheduler.get_velocity(x0, noise, t),
-    }
-    kind = scheduler.config.prediction_type
-    if kind not in targets:
-        raise ValueError(f"unsupported prediction_type {kind!r}; prune_lab handles {', '.join(targets)}")
-    return targets[kind]()
-
-
 def denoising_batches(
     calib: Calibration, scheduler, *, timesteps: int = 2, batch_size: int = 4, seed: int = 0
 ) -> list[DenoisingBatch]:
@@ -309,7 +217,8 @@ def denoising_batches(
 
     Args:
         calib: N clean latents with their conditioning.
-        scheduler: noise schedule (:func:`noise_scheduler`); its `prediction_type` picks the target (ε, x0 or v).
+        scheduler: noise schedule (:func:`~prune_lab.runtime.schedule.noise_scheduler`); its `prediction_type`
+            picks the target (:func:`~prune_lab.runtime.schedule.training_target`: ε, x0 or v).
         timesteps: draws of t per sample (samples are repeated, sample-major).
         batch_size: inputs per batch.
         seed: seeds the timesteps and the noise.
@@ -323,7 +232,7 @@ def denoising_batches(
     t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g)
     x0 = calib.latents[index]
     noise = torch.randn(x0.shape, generator=g)
-    noisy, target = scheduler.add_noise(x0, noise, t), _target(scheduler, x0, noise, t)
+    noisy, target = scheduler.add_noise(x0, noise, t), training_target(scheduler, x0, noise, t)
     batches = []
     for s in range(0, n, batch_size):
         part = slice(s, s + batch_size)

@@ -4,56 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..backbones import taken_out
+from ..runtime import samplers
+from ..runtime.atomic import atomic_path
 from ..runtime.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, load_clip
-from .calibration import initial_latents
+from ..runtime.generation import generate, initial_latents
 from .groups import ScoreUnit
 from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion
 
-#: `--scheduler` choices: name -> diffusers scheduler class name.
-SCHEDULERS = {
-    "pndm": "PNDMScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-}
-
-
-def with_scheduler(pipe, scheduler: str):
-    """A pipeline sharing `pipe`'s modules, with the named sampler (configured from `pipe`'s scheduler)."""
-    import diffusers
-
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown --scheduler {scheduler!r}; choose from: {', '.join(SCHEDULERS)}")
-    sampler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
-    copy = type(pipe)(**{**pipe.components, "scheduler": sampler})
-    copy.set_progress_bar_config(disable=True)
-    return copy
-
-
-@torch.no_grad()
-def generate(
-    pipe, prompts: list[str], latents: torch.Tensor, *, steps: int, guidance: float, batch_size: int = 4
-) -> list:
-    """PIL images for `prompts`, starting from the given initial `latents` (N, C, h, w)."""
-    images = []
-    for i in range(0, len(prompts), batch_size):
-        images += pipe(
-            prompt=prompts[i : i + batch_size],
-            latents=latents[i : i + batch_size].to(pipe.device),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            output_type="pil",
-        ).images
-    return images
+#: `--scheduler` choices (:func:`prune_lab.runtime.samplers.names`; kept for prune_lab.cli, which imports it here).
+SCHEDULERS = tuple(samplers.names())
 
 
 def _save(images: list, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
-        image.save(folder / f"{i:04d}.png")
+        with atomic_path(folder / f"{i:04d}.png", suffix=".tmp") as tmp:
+            image.save(tmp, format="PNG")
 
 
 @register_criterion(
@@ -83,7 +49,9 @@ def clip(inputs: ScoringInputs) -> UnitScorer:
         opt.get("clip_checkpoint"),
         inputs.pipeline.device,
     )
-    pipe = with_scheduler(inputs.pipeline, opt.get("scheduler", "pndm"))
+    # config_only: this criterion has always built its sampler from the pipeline's config alone (see
+    # prune_lab.runtime.samplers), so its scores stay what they were
+    pipe = samplers.with_sampler(inputs.pipeline, opt.get("scheduler", "pndm"), config_only=True)
     latents = initial_latents(pipe, len(inputs.prompts), inputs.seed)
     kwargs = dict(steps=opt.get("steps", 25), guidance=opt.get("guidance", 7.5), batch_size=opt.get("batch_size", 4))
     image_dir = Path(opt["image_dir"]) if opt.get("image_dir") else None

@@ -7,7 +7,7 @@ spells that program out as :class:`Step` objects over a :class:`State` (hidden s
 start at any step from a cached state: the prefix caching of output-level ablation (everything before the first
 step a unit touches is identical with and without the unit).
 
-Steps look their module up by path when they run, so modules swapped by :func:`prune_lab.surgery.taken_out` (and
+Steps look their module up by path when they run, so modules swapped by :func:`.surgery.taken_out` (and
 forward hooks, e.g. zeroed skips) take effect. FreeU, ControlNet and adapter residuals are not reproduced.
 """
 

@@ -2,7 +2,7 @@
 
 Analysis mode (:func:`taken_out`) swaps modules in place for the duration of a `with` block and puts the very
 same module objects back afterwards, so the model is bit-identical once the block exits. Weights are never
-touched. Export mode (the compact network) lives in :mod:`prune_lab.export` and reuses the substitutes below.
+touched. Export mode (the compact network) lives in :mod:`.compaction` and reuses the substitutes below.
 
 Substitutes for a removed unit:
 
