@@ -16,8 +16,9 @@ from prune_lab.backbones.unet.compaction import unit_map
 from prune_lab.distill.data import ImageTextFolder, LatentCache, collate, flip_for, write_latent_cache
 from prune_lab.distill.encoders import FrozenEncoders, SDXLConditioner, load_encoders
 from prune_lab.distill.features import FeaturePoint, FeatureTap, feature_pairs
-from prune_lab.distill.losses import DistillationLoss, FeatureLoss, regression_target
+from prune_lab.distill.losses import DistillationLoss, FeatureLoss
 from prune_lab.distill.step import DistillStep, step_generator
+from prune_lab.runtime.schedule import training_target
 
 
 def write_image_folder(folder, n: int = 8, corrupt: bool = True, size=(40, 36)):
@@ -89,7 +90,7 @@ def test_regression_target_by_prediction_type(prediction_type):
         "sample": latents,
         "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * latents,
     }[prediction_type]
-    torch.testing.assert_close(regression_target(scheduler, latents, noise, t), expected)
+    torch.testing.assert_close(training_target(scheduler, latents, noise, t), expected)
 
 
 # ------------------------------------------------------------------------------------------ feature pairs

@@ -130,10 +130,8 @@ def test_training_target_refuses_unknown_prediction_types():
 
 def test_scoring_and_distill_share_the_target():
     from prune_lab.distill import step
-    from prune_lab.distill.losses import regression_target
     from prune_lab.scoring import calibration
 
-    assert regression_target is training_target
     assert step.training_target is training_target and calibration.training_target is training_target
 
 

@@ -10,7 +10,7 @@
 
 from .data import ImageTextFolder, LatentCache, write_latent_cache
 from .features import FeaturePair, FeaturePoint, FeatureTap, feature_pairs
-from .losses import DistillationLoss, FeatureLoss, LossTerms, regression_target
+from .losses import DistillationLoss, FeatureLoss, LossTerms
 from .recipe import DistillConfig, DistillRecipe, DivergedError, TrainResult
 
 __all__ = [
@@ -27,6 +27,5 @@ __all__ = [
     "LossTerms",
     "TrainResult",
     "feature_pairs",
-    "regression_target",
     "write_latent_cache",
 ]

@@ -17,8 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..runtime.schedule import training_target
-
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean squared error in fp32 (shapes must agree; no broadcasting)."""
@@ -28,8 +26,6 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 #: the task-loss target y for the scheduler's `prediction_type`: the runtime's one definition, under the name
-#: distill's callers (and :mod:`prune_lab.width.criteria`) import
-regression_target = training_target
 
 
 # -------------------------------------------------------------------------------------------------- losses

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from tqdm.auto import tqdm
 
-from ..distill.losses import regression_target
+from ..runtime.schedule import training_target
 from ..scoring.calibration import Calibration
 
 
@@ -156,7 +156,7 @@ def _timestep_loss(
         x0, eps = calib.latents[part], noise[part]
         steps = torch.full((x0.shape[0],), t, dtype=torch.long)
         noisy = scheduler.add_noise(x0, eps, steps)
-        target = regression_target(scheduler, x0, eps, steps)
+        target = training_target(scheduler, x0, eps, steps)
         cond = {
             k: v.to(device) if torch.is_tensor(v) else {a: b.to(device) for a, b in v.items()}
             for k, v in _conditioning(calib, part).items()
