@@ -8,11 +8,12 @@ their own chart (:func:`plot_skips`), written beside the main figure as `<stem>_
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+
+from .runtime.atomic import write_figure
 
 #: Bar colour per unit kind.
 KIND_COLORS = {
@@ -68,16 +69,7 @@ def _legend(ax, df: pd.DataFrame) -> None:
 
 def _save(fig: Figure, path: Path) -> Path:
     """Write atomically: a half-drawn file never replaces a good one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_figure(path, fig, dpi=150, bbox_inches="tight")
 
 
 def _by_criterion(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..runtime.atomic import write_with
+
 QUICK_ENV = "PRUNELAB_NOTEBOOK_QUICK"
 THREADS_ENV = "PRUNELAB_NOTEBOOK_THREADS"
 
@@ -58,14 +60,7 @@ def write_notebook(nb, path: str | os.PathLike) -> Path:
     import nbformat
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".ipynb")
-    os.close(fd)
-    try:
-        nbformat.write(nb, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_with(path, lambda tmp: nbformat.write(nb, str(tmp)))
     return path
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..runtime.atomic import atomic_folder, write_json, write_with
 from ..runtime.clip import normalize_images
 from . import DEMO_DIR
 from . import architecture as arch
@@ -80,9 +81,7 @@ def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _lr_lambda(warmup: int, steps: int, cosine: bool):
@@ -405,19 +404,15 @@ def assemble(work: str | os.PathLike, out: str | os.PathLike = DEMO_DIR, results
 
     _replace(out / "clip", write_clip)
     summary = {"config": json.loads((work / "config.json").read_text()), "stages": [asdict(r) for r in results]}
-    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "training.json", summary)
     return out
 
 
 def _replace(target: Path, write) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    old = target.with_name(f".{target.name}.{os.getpid()}.old")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    """`write(folder)` into a temporary folder that then replaces `target` (the package's own weights folder)."""
+    with atomic_folder(target, replace=shutil.rmtree) as tmp:
+        tmp.rmdir()  # the writers create their folder themselves
+        write(tmp)
 
 
 if __name__ == "__main__":

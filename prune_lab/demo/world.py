@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..runtime.atomic import atomic_folder
+
 #: Shape colours (RGB in [0, 1]) by caption word.
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.12, 0.12),
@@ -182,9 +184,12 @@ def write_folder(
         raise ValueError(f"-n must be >= 1, got {count}")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_folder(out, replace=shutil.rmtree) as tmp:
+        _draw_into(tmp, world, split, start, count)
+    return out
+
+
+def _draw_into(tmp: Path, world: World, split: str, start: int, count: int) -> None:
     rows = []
     for first in range(start, start + count, 256):
         images, scenes = world.batch(split, first, min(256, start + count - first))
@@ -194,7 +199,3 @@ def write_folder(
             Image.fromarray(array).save(tmp / name)
             rows.append({"file_name": name, "text": scene.caption, **scene.attributes()})
     pd.DataFrame(rows).to_csv(tmp / "metadata.csv", index=False)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out

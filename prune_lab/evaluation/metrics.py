@@ -28,6 +28,7 @@ import torch
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm.auto import tqdm
 
+from ..runtime.atomic import open_atomic
 from ..runtime.clip import ClipScorer
 from .images import NumpyResize, image_batches
 from .weights import INCEPTION, INCEPTION_TORCHSCRIPT, WeightsFile, as_file_named, locate, torch_hub_dir
@@ -132,9 +133,7 @@ class FIDStats:
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with open_atomic(path, "wb") as f:
             np.savez(
                 f,
                 mu=self.mu,
@@ -142,7 +141,6 @@ class FIDStats:
                 count=-1 if self.count is None else self.count,
                 meta=json.dumps(self.meta),
             )
-        os.replace(tmp, path)
         return path
 
     @classmethod
