@@ -35,7 +35,7 @@ from ..models import load_unet
 from ..runtime.schedule import noise_scheduler
 from .data import EpochSampler, LatentCache, collate, open_dataset
 from .encoders import FrozenEncoders, load_encoders
-from .features import FEATURE_LAYERS, feature_pairs
+from .features import FEATURE_LAYERS, feature_pairing
 from .files import (
     LossLog,
     checkpoint_path,
@@ -254,7 +254,8 @@ class DistillRecipe:
         cfg, acc = self.cfg, self.accelerator
         layers = cfg.feature_layers if cfg.lambda_feat > 0 else "none"  # no hooks when the term is off
         bundle = self.bundle
-        self.pairs = feature_pairs(self.teacher, bundle.unet, bundle.resolution, bundle.unit_map, layers)
+        self.pairing = feature_pairing(self.teacher, bundle.unet, bundle.resolution, bundle.unit_map, layers)
+        self.pairs = self.pairing.pairs
         self.projections = self._projections()
         trained = [*self.bundle.unet.parameters(), *(self.projections.parameters() if self.projections else ())]
         optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -307,7 +308,8 @@ class DistillRecipe:
         self.columns = LOSS_COLUMNS + [f"feat:{p.name}" for p in self.pairs]
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "distill_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            record = {**asdict(cfg), "feature_pairs": self.pairing.to_dict()}  # which features were distilled
+            (self.out / "distill_config.json").write_text(json.dumps(record, indent=2) + "\n")
             step = self.progress.step if self.resumed_from else None
             self.log = LossLog(self.out / "losses.csv", self.columns, resume_step=step)
         if cfg.report_to:
