@@ -17,16 +17,16 @@ from diffusers import DDPMScheduler
 from test_distill import write_image_folder
 
 from prune_lab import load_unet, walk
+from prune_lab.backbones import build_student, make_plan, resolve
+from prune_lab.backbones.unet.compaction import unit_map
 from prune_lab.distill.encoders import FrozenEncoders
 from prune_lab.distill.features import FeaturePair, FeaturePoint, FeatureTap, feature_pairing, stage_levels, stage_of
 from prune_lab.distill.files import load_student
 from prune_lab.distill.losses import DistillationLoss
 from prune_lab.distill.recipe import DistillConfig, DistillRecipe
 from prune_lab.distill.step import DistillStep, step_generator
-from prune_lab.export import apply_plan, build_student, unit_map
-from prune_lab.models import LoadedModel
-from prune_lab.plan import resolve
-from prune_lab.presets import make_plan
+from prune_lab.formats.block import apply_plan
+from prune_lab.runtime.loading import LoadedModel
 from prune_lab.scoring import get_criterion
 from prune_lab.scoring.groups import score_units
 from prune_lab.scoring.registry import ScoringInputs
