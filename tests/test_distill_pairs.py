@@ -19,8 +19,9 @@ from test_distill import write_image_folder
 from prune_lab import load_unet, walk
 from prune_lab.backbones import build_student, make_plan, resolve
 from prune_lab.backbones.unet.compaction import unit_map
+from prune_lab.backbones.unet.features import stage_levels, stage_of
 from prune_lab.distill.encoders import FrozenEncoders
-from prune_lab.distill.features import FeaturePair, FeaturePoint, FeatureTap, feature_pairing, stage_levels, stage_of
+from prune_lab.distill.features import FeaturePair, FeaturePoint, FeatureTap, feature_pairing
 from prune_lab.distill.files import load_student
 from prune_lab.distill.losses import DistillationLoss
 from prune_lab.distill.recipe import DistillConfig, DistillRecipe

@@ -89,7 +89,8 @@ class Backbone:
         subfolder: the model's folder inside a pipeline (`unet`, `transformer`).
         architectures: built-in names -> (diffusers class name, public config), instantiated with random or `meta`
             weights by :meth:`build`.
-        unit_kinds: every unit kind the walker makes; groupings: `--units` granularities (:meth:`score_groups`).
+        unit_kinds: every unit kind the walker makes; groupings: `--units` granularities (:meth:`score_groups`);
+            feature_scopes: `--feature-layers` scopes (:meth:`feature_pairs`).
     """
 
     name: str = ""
@@ -98,6 +99,7 @@ class Backbone:
     architectures: Mapping[str, tuple[str, dict]] = {}
     unit_kinds: tuple[str, ...] = ()
     groupings: tuple[str, ...] = ()
+    feature_scopes: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------------------------------ what exists
     def walk(self, model) -> Graph:
@@ -256,6 +258,11 @@ def backbone_of(graph: Graph) -> Backbone:
 def granularities() -> list[str]:
     """Every `--units` granularity some registered backbone scores at."""
     return list(dict.fromkeys(g for _, b in BACKBONES.items() for g in b.groupings))
+
+
+def feature_scopes() -> list[str]:
+    """Every `--feature-layers` scope some registered backbone pairs features at."""
+    return list(dict.fromkeys(s for _, b in BACKBONES.items() for s in b.feature_scopes))
 
 
 def architectures() -> dict[str, Backbone]:

@@ -13,3 +13,11 @@ def set_submodule(root: nn.Module, path: str, module: nn.Module | None) -> None:
         parent[int(child)] = module
     else:
         setattr(parent, child, module)
+
+
+def find_submodule(root: nn.Module, path: str) -> nn.Module | None:
+    """The submodule at dotted `path`, or None when there is none."""
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None

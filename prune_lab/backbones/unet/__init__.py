@@ -32,6 +32,7 @@ class UNetBackbone(Backbone):
     architectures = {name: ("UNet2DConditionModel", config) for name, config in ARCHITECTURES.items()}
     unit_kinds = ("resnet", "attention", "transformer_layer", "skip", "mid", "stage")
     groupings = ("blocks", "transformer_layers", "pairs", "stages", "skips")
+    feature_scopes = ("stages", "units")
 
     def walk(self, model):
         from .graph import walk
@@ -120,9 +121,9 @@ class UNetBackbone(Backbone):
         return buildable(model, graph, removed, plan, expressible=expressible)
 
     def feature_pairs(self, teacher, student, resolution, unit_map, scope):
-        from .features import feature_pairs
+        from .features import feature_pairing
 
-        return feature_pairs(teacher, student, resolution, unit_map, scope)
+        return feature_pairing(teacher, student, resolution, unit_map, scope)
 
 
 BACKBONES.register("unet", UNetBackbone())
