@@ -9,12 +9,21 @@ The public API, by stage of the workflow:
 * what to change: :class:`Plan`, :func:`create_plan` (presets), :func:`make_plan`.
 """
 
-from .export import apply_plan, build_student, load_pruned
-from .graph import UNetGraph, Unit, walk
-from .models import ARCHITECTURES, build_architecture, load_unet
-from .plan import Plan, fingerprint, resolve
-from .presets import create_plan, list_presets, make_plan
-from .surgery import ChannelInterpolation, taken_out
+from .runtime.lazy import lazy_exports
+
+# The public names are imported on first use, so `import prune_lab` (and the CLI's parser) stays cheap: torch and
+# diffusers load with the first function that needs them.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".export": ("apply_plan", "build_student", "load_pruned"),
+        ".graph": ("UNetGraph", "Unit", "walk"),
+        ".models": ("ARCHITECTURES", "build_architecture", "load_unet"),
+        ".plan": ("Plan", "fingerprint", "resolve"),
+        ".presets": ("create_plan", "list_presets", "make_plan"),
+        ".surgery": ("ChannelInterpolation", "taken_out"),
+    },
+)
 
 __version__ = "0.1.0"
 

@@ -19,8 +19,10 @@ from prune_lab.graph import walk
 from prune_lab.presets import create_plan
 from prune_lab.report import profile_unet
 from prune_lab.scoring import (
+    ClipOptions,
     ScoringInputs,
     calibration_from_folder,
+    criterion_options,
     denoising_batches,
     get_criterion,
     noise_scheduler,
@@ -52,7 +54,7 @@ def graph(unet):
 def synthetic_inputs(unet, graph, **options) -> ScoringInputs:
     calib = synthetic_calibration(unet, samples=2, seed=0, tokens=7)
     batches = denoising_batches(calib, noise_scheduler(), timesteps=1, batch_size=2, seed=0)
-    return ScoringInputs(unet, graph, batches, options=options)
+    return ScoringInputs(unet, graph, batches, options=criterion_options(options))
 
 
 def hand_table(rows: list[tuple[str, str, str, str, float]]) -> pd.DataFrame:
@@ -79,7 +81,7 @@ def test_scoring_inputs_carry_prompts_and_sampling(pipe):
     inputs = A.scoring_inputs(
         pipe, [], prompts, clip_scorer="scorer", sampling={"scheduler": "dpm", "steps": 3, "guidance": 2.0, "x": 1}
     )
-    assert inputs.options == {"scheduler": "dpm", "steps": 3, "guidance": 2.0, "clip_scorer": "scorer"}
+    assert inputs.options_for(ClipOptions) == ClipOptions(scheduler="dpm", steps=3, guidance=2.0, scorer="scorer")
     assert inputs.unet is pipe.unet and inputs.pipeline is pipe and inputs.prompts == prompts
     assert [u.name for u in inputs.graph.units] == [u.name for u in walk(pipe.unet).units]
 

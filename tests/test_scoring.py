@@ -13,6 +13,7 @@ from prune_lab.graph import walk
 from prune_lab.scoring import (
     ScoringInputs,
     StagedUNet,
+    criterion_options,
     denoising_batches,
     get_criterion,
     list_criteria,
@@ -34,7 +35,7 @@ DATA_CRITERIA = [c for c in list_criteria() if get_criterion(c).needs in ((), ("
 def _inputs(unet, samples: int = 2, timesteps: int = 1, batch_size: int = 2, **options) -> ScoringInputs:
     calib = synthetic_calibration(unet, samples=samples, seed=0, tokens=7)
     batches = denoising_batches(calib, noise_scheduler(), timesteps=timesteps, batch_size=batch_size, seed=0)
-    return ScoringInputs(unet, walk(unet), batches, options=options, seed=0)
+    return ScoringInputs(unet, walk(unet), batches, options=criterion_options(options), seed=0)
 
 
 def _unit(graph, name: str) -> ScoreUnit:

@@ -23,8 +23,8 @@ def _command(args: argparse.Namespace) -> str:
 
 def _config(args: argparse.Namespace):
     from ..demo.run import QUICK, RunConfig
+    from ..runtime.budget import parse_budget
     from ..scoring import list_criteria
-    from ..search import parse_budget
 
     config = QUICK if args.quick else RunConfig()
     overrides = {

@@ -206,22 +206,13 @@ def list_units(job: Job) -> pd.DataFrame:
 
 
 def _scoring_inputs(job: Job, data: Path):
-    """Model, calibration batches, pipeline and prompts for every registered criterion."""
-    from ..graph import walk
+    """Model, calibration batches (from the training scenes), pipeline and prompts for every registered criterion."""
     from ..models import load_unet
-    from ..scoring import ScoringInputs, calibration_from_folder, denoising_batches, noise_scheduler
-    from ..scoring.calibration import load_pipeline
+    from ..scoring import CalibrationSource, build_scoring_inputs, list_criteria
     from .clip import CLIP_CHECKPOINT, CLIP_NAME
     from .world import World
 
     c = job.config
-    loaded = load_unet(MODEL)
-    pipe = load_pipeline(loaded)
-    calib = calibration_from_folder(pipe, data, samples=c.calib_samples, seed=c.seed, batch_size=c.score_batch)
-    batches = denoising_batches(
-        calib, noise_scheduler(pipe), timesteps=c.timesteps, batch_size=c.score_batch, seed=c.seed
-    )
-    prompts = [s.caption for s in World(c.seed).scenes("heldout", 0, c.clip_prompts)]
     options = {
         "skip_mode": "zero",
         "clip_model": CLIP_NAME,
@@ -231,7 +222,14 @@ def _scoring_inputs(job: Job, data: Path):
         "guidance": c.guidance,
         "batch_size": c.clip_prompts,
     }
-    return ScoringInputs(loaded.unet, walk(loaded.unet), batches, pipe, prompts, options, c.seed)
+    return build_scoring_inputs(
+        load_unet(MODEL),
+        list_criteria(),
+        calibration=CalibrationSource(folder=data, samples=c.calib_samples, seed=c.seed, batch_size=c.score_batch),
+        timesteps=c.timesteps,
+        prompts=[s.caption for s in World(c.seed).scenes("heldout", 0, c.clip_prompts)],
+        options=options,
+    )
 
 
 def score(job: Job, data: Path) -> pd.DataFrame:
@@ -302,7 +300,8 @@ def make_plan(job: Job, scores: pd.DataFrame) -> dict:
     """The greedy plan search for `budget` on `plan_criterion`'s scores (``plan.json``); returns the plan's meta."""
     from ..models import load_unet
     from ..plan import Plan
-    from ..search import build_problem, parse_budget, search
+    from ..runtime.budget import parse_budget
+    from ..search import build_problem, search
 
     path, c = job.path("plan.json"), job.config
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..graph import UNetGraph, Unit
+if TYPE_CHECKING:  # annotations only: the `--units` choices stay import-cheap
+    from ..graph import UNetGraph, Unit
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from ..graph import walk
 from ..plan import Plan, expand_keep
 from ..presets import create_plan, list_presets, model_family
 from ..report import LatencySettings, profile_unet
-from .budget import RESOURCES, Budget
+from ..runtime.budget import RESOURCES, Budget
 from .costs import PROFILED, build_cost_model, exact_costs
 from .importance import importance_from_scores
 from .latency import unit_latency
@@ -146,7 +146,7 @@ def _cheaper_finish(problem: Problem, before: frozenset, step_lost: float, resou
 
 
 def _infeasible(problem: Problem, budget: Budget, strategy: str, closest: dict | None) -> ValueError:
-    resource = RESOURCES[budget.resource]
+    resource = RESOURCES.get(budget.resource)
     base = problem.costs.base[budget.resource]
     if closest is None:
         return ValueError(
