@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from ..cli.formatting import render
+from ..runtime.tables import render
 from .run import Job, StepRecord, agreement, importance_summary, write_text
 from .run_eval import sample_images
 
