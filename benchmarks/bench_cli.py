@@ -1,6 +1,8 @@
 """Start-up cost of the `prunelab` command line (issue 13: a thin, fast CLI).
 
-Wall times, each the median of `--runs` fresh processes (after one untimed warm-up that fills the bytecode caches):
+Wall times of fresh processes: the fastest of `--runs` rounds (each round runs every command once, interleaved, after
+one untimed warm-up that fills the bytecode caches; the minimum is the least noisy estimate of start-up cost on a
+shared machine):
 
 1. `prunelab --help`: building the parser must import neither torch nor diffusers;       goal: < 1 s
 2. `prunelab blocks --model sd-v1`: one command end to end (a meta U-Net, walked and printed);
@@ -14,7 +16,6 @@ Usage: python benchmarks/bench_cli.py [--runs 3]
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
@@ -31,22 +32,29 @@ COMMANDS = {
 }
 
 
-def wall_seconds(argv: list[str], runs: int) -> float:
-    """Median wall time of `runs` fresh processes running `argv` (one untimed warm-up first)."""
+def wall_seconds(argv: list[str]) -> float:
+    """Wall time of one fresh process running `argv`."""
+    start = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True)
-    times = []
+    return time.perf_counter() - start
+
+
+def fastest(commands: dict[str, list[str]], runs: int) -> dict[str, float]:
+    """The fastest of `runs` interleaved rounds per command (one untimed warm-up round first)."""
+    for argv in commands.values():
+        wall_seconds(argv)
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, argv in commands.items():
+            times[name].append(wall_seconds(argv))
+    return {name: min(values) for name, values in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="timed processes per command (median reported)")
+    parser.add_argument("--runs", type=int, default=3, help="timed rounds (the fastest is reported)")
     args = parser.parse_args()
-    seconds = {name: wall_seconds(argv, args.runs) for name, argv in COMMANDS.items()}
+    seconds = fastest(COMMANDS, args.runs)
     for name, value in seconds.items():
         print(f"{value:7.2f} s  {name}")
     help_s, blocks_s, bare_s, unet_s = seconds.values()
