@@ -63,6 +63,20 @@ def test_help_mentions_every_flag(name, capsys):
     assert exit_.value.code == 0 and f"usage: prunelab {name}" in capsys.readouterr().out
 
 
+def test_commands_on_tables_import_only_what_they_run(tmp_path):
+    scores = tmp_path / "scores.csv"
+    scores.write_text("name,criterion,importance\na,m,1\nb,m,2\nc,m,3\na,t,3\nb,t,1\nc,t,2\n")
+    done = _python(
+        "import sys\n"
+        "from prune_lab.cli import main\n"
+        f"assert main(['score', '--compare', {str(scores)!r}, '--format', 'csv']) == 0\n"
+        f"assert main(['plot', {str(scores)!r}, '-o', {str(tmp_path / 'scores.png')!r}]) == 0\n"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]" and "m,t,3,-0.3333" in done.stdout
+
+
 def test_import_prune_lab_is_cheap_and_keeps_its_public_names():
     done = _python(
         "import sys, prune_lab\n"

@@ -51,11 +51,13 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ..scoring import compare_score_files, score_model
-
     if args.compare:
+        from ..scoring import compare_score_files
+
         print(render(compare_score_files(args.compare).round(4), args.format))
         return 0
+    from ..scoring import score_model
+
     for flag in ("model", "criterion", "out"):
         if not getattr(args, flag):
             raise ValueError(f"score needs --{flag} (or --compare a.csv b.csv)")
