@@ -9,24 +9,33 @@ The public API, by stage of the workflow:
 * what to change: :class:`Plan`, :func:`create_plan` (presets), :func:`make_plan`.
 """
 
-from .backbones import (
-    build_architecture,
-    build_student,
-    create_plan,
-    list_presets,
-    make_plan,
-    resolve,
-    taken_out,
-    walk,
+from .runtime.lazy import lazy_exports
+
+# The public names are imported on first use, so `import prune_lab` (and the CLI's parser) stays cheap: torch and
+# diffusers load with the first function that needs them.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".backbones": (
+            "build_architecture",
+            "build_student",
+            "create_plan",
+            "list_presets",
+            "make_plan",
+            "resolve",
+            "taken_out",
+            "walk",
+        ),
+        ".backbones.unet.architectures": ("ARCHITECTURES",),
+        ".backbones.unet.graph": ("UNetGraph",),
+        ".backbones.unet.surgery": ("ChannelInterpolation",),
+        ".formats": ("load_pruned",),
+        ".formats.block": ("apply_plan",),
+        ".models": ("load_unet",),
+        ".plan": ("Plan", "fingerprint"),
+        ".units": ("Unit",),
+    },
 )
-from .backbones.unet.architectures import ARCHITECTURES
-from .backbones.unet.graph import UNetGraph
-from .backbones.unet.surgery import ChannelInterpolation
-from .formats import load_pruned
-from .formats.block import apply_plan
-from .models import load_unet
-from .plan import Plan, fingerprint
-from .units import Unit
 
 __version__ = "0.1.0"
 

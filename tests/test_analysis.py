@@ -13,7 +13,9 @@ from prune_lab import analysis as A
 from prune_lab.backbones import build_student, create_plan, taken_out, walk
 from prune_lab.report import profile_unet
 from prune_lab.scoring import (
+    ClipOptions,
     ScoringInputs,
+    criterion_options,
     denoising_batches,
     get_criterion,
     noise_scheduler,
@@ -44,7 +46,7 @@ def graph(unet):
 def synthetic_inputs(unet, graph, **options) -> ScoringInputs:
     calib = synthetic_calibration(unet, samples=2, seed=0, tokens=7)
     batches = denoising_batches(calib, noise_scheduler(), timesteps=1, batch_size=2, seed=0)
-    return ScoringInputs(unet, graph, batches, options=options)
+    return ScoringInputs(unet, graph, batches, options=criterion_options(options))
 
 
 def hand_table(rows: list[tuple[str, str, str, str, float]]) -> pd.DataFrame:
@@ -57,7 +59,7 @@ def test_scoring_inputs_carry_prompts_and_sampling(pipe):
     inputs = A.scoring_inputs(
         pipe, [], prompts, clip_scorer="scorer", sampling={"scheduler": "dpm", "steps": 3, "guidance": 2.0, "x": 1}
     )
-    assert inputs.options == {"scheduler": "dpm", "steps": 3, "guidance": 2.0, "clip_scorer": "scorer"}
+    assert inputs.options_for(ClipOptions) == ClipOptions(scheduler="dpm", steps=3, guidance=2.0, scorer="scorer")
     assert inputs.unet is pipe.unet and inputs.pipeline is pipe and inputs.prompts == prompts
     assert [u.name for u in inputs.graph.units] == [u.name for u in walk(pipe.unet).units]
 

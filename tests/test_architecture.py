@@ -21,7 +21,7 @@ LAYERS = [
     {"plan"},
     {"backbones"},
     {"formats"},
-    {"models"},
+    {"models", "pipelines"},
     {"report", "scoring", "search", "distill", "evaluation", "width", "plots"},
     {"analysis"},
     {"demo"},

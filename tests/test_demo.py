@@ -139,6 +139,22 @@ def test_shipped_weights_are_within_budget():
 
 
 # ---------------------------------------------------------------------------------------------------- the scorer
+def test_quality_report_is_written_from_measurements_alone(tmp_path):
+    from prune_lab.demo.quality import QualityRun, write_quality_report
+
+    frame = pd.DataFrame({"attribute": ["colour", "shape"], "accuracy": [0.96, 0.5], "stderr": [0.01, 0.05]})
+    settings = dict(model="demo", n=4, world_seed=0, scheduler="dpm", steps=3, guidance=2.0, seed=0, threads=1)
+    run = QualityRun({**settings, "machine": "x86_64, 2 CPUs", "scorer_s": 60.0, "generation_s": 120.0}, frame, frame)
+    report, record = write_quality_report(run, tmp_path / "quality.md", "prunelab demo-quality -n 4")
+    text = report.read_text()
+    assert "Regenerate with `prunelab demo-quality -n 4` (took 1.0 + 2.0 min on x86_64, 2 CPUs" in text
+    assert "| colour | 96.0% | 1.0% |" in text and "## Shipped weights" in text and text.endswith("\n")
+    assert record == tmp_path / "quality.json"
+    import json
+
+    assert json.loads(record.read_text())["generation"][1] == {"attribute": "shape", "accuracy": 0.5, "stderr": 0.05}
+
+
 def test_scorer_loads_through_open_clip():
     import open_clip
     from safetensors.torch import load_file

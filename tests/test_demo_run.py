@@ -12,7 +12,8 @@ import pytest
 
 from prune_lab.cli import main
 from prune_lab.demo import PIPELINE_DIR
-from prune_lab.demo.run import MODELS, QUICK, STEPS, run_demo, run_key
+from prune_lab.demo.job import MODELS, QUICK, run_key
+from prune_lab.demo.run import STEPS, run_demo
 
 pytestmark = pytest.mark.skipif(
     not (PIPELINE_DIR / "unet" / "config.json").is_file(), reason="demo weights not installed"
@@ -124,7 +125,7 @@ def test_bad_options_fail_before_any_work(tmp_path, capsys, flags, message):
 
 
 def test_importance_summary_by_hand():
-    from prune_lab.demo.run import importance_summary
+    from prune_lab.demo.job import importance_summary
 
     scores = pd.DataFrame(
         {

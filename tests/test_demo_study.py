@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from prune_lab.cli import main
-from prune_lab.demo.study import ARMS, StudyConfig, paired_differences, run_study, summarize
+from prune_lab.demo.study import ARMS, StudyConfig, paired_differences, run_study, summarize, write_study_report
 
 
 def _hits(colour, shape):
@@ -38,6 +40,29 @@ def test_arms_differ_only_in_loss_weights():
     assert ARMS["task"] == {"lambda_task": 1.0, "lambda_out": 0.0, "lambda_feat": 0.0}
     assert ARMS["task+out-kd+feat-kd"] == {"lambda_task": 1.0, "lambda_out": 1.0, "lambda_feat": 1.0}
     assert {frozenset(a) for a in ARMS.values()} == {frozenset({"lambda_task", "lambda_out", "lambda_feat"})}
+
+
+def test_study_report_is_written_from_the_result_alone(tmp_path):
+    correct = {
+        "teacher": _hits([1, 1, 1, 0], [1, 0, 1, 1]),
+        "bk-small (not retrained)": _hits([1, 0, 0, 0], [1, 1, 0, 0]),
+        "bk-small + task": _hits([1, 1, 0, 0], [1, 1, 0, 1]),
+    }
+    params = {"teacher": 3_000_000, "bk-small (not retrained)": 1_500_000, "bk-small + task": 1_500_000}
+    result = {
+        "config": asdict(StudyConfig(arms=("task",))),
+        "summary": summarize(correct, params),
+        "differences": paired_differences(correct, [("bk-small + task", "bk-small (not retrained)")]),
+        "losses": {"task": pd.DataFrame({"step": [1, 2], "loss": [0.5, 0.4], "task": [0.5, 0.4]})},
+    }
+    written = write_study_report(result, tmp_path / "out", "prunelab demo-study --arms task", 1.5)
+    assert [p.name for p in written] == ["README.md", "results.json", "study.png"]
+    readme = written[0].read_text()
+    assert "Regenerate with `prunelab demo-study --arms task` (" in readme and "took 1.5 min" in readme
+    assert "| teacher | 3.0 | 75.0% ± 21.7 |" in readme and "task 0.4500." in readme
+    record = json.loads(written[1].read_text())
+    assert "losses" not in record and record["summary"][0]["model"] == "teacher"
+    assert record["differences"][0]["difference"] == pytest.approx(0.25)
 
 
 def test_unknown_arm_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):

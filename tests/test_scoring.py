@@ -13,6 +13,7 @@ from prune_lab.backbones import walk
 from prune_lab.backbones.unet.staged import StagedUNet
 from prune_lab.scoring import (
     ScoringInputs,
+    criterion_options,
     denoising_batches,
     get_criterion,
     list_criteria,
@@ -34,7 +35,7 @@ DATA_CRITERIA = [c for c in list_criteria() if get_criterion(c).needs in ((), ("
 def _inputs(unet, samples: int = 2, timesteps: int = 1, batch_size: int = 2, **options) -> ScoringInputs:
     calib = synthetic_calibration(unet, samples=samples, seed=0, tokens=7)
     batches = denoising_batches(calib, noise_scheduler(), timesteps=timesteps, batch_size=batch_size, seed=0)
-    return ScoringInputs(unet, walk(unet), batches, options=options, seed=0)
+    return ScoringInputs(unet, walk(unet), batches, options=criterion_options(options), seed=0)
 
 
 def _unit(graph, name: str) -> ScoreUnit:
@@ -78,6 +79,53 @@ def test_a_registered_criterion_is_listed():
         assert "_constant" in list_criteria() and get_criterion("_constant").metric == "one"
     finally:
         registry._CRITERIA.pop("_constant")
+
+
+def test_criteria_register_typed_options_with_their_defaults_in_one_place():
+    from prune_lab.scoring import AblationOptions, ClipOptions, CriterionOptions, TaylorOptions
+
+    kinds = {name: get_criterion(name).options for name in ("magnitude", "taylor", "ablation", "clip")}
+    assert kinds == {
+        "magnitude": CriterionOptions,
+        "taylor": TaylorOptions,
+        "ablation": AblationOptions,
+        "clip": ClipOptions,
+    }
+    assert AblationOptions() == AblationOptions(skip_mode="zero", prefix_cache=True)
+    assert TaylorOptions().gradient_checkpointing is False
+    assert (ClipOptions().scheduler, ClipOptions().steps, ClipOptions().guidance) == ("pndm", 25, 7.5)
+
+
+def test_criterion_options_route_flat_settings_to_each_criterion(sd_unet):
+    from prune_lab.scoring import AblationOptions, ClipOptions, TaylorOptions
+
+    values = {"skip_mode": "drop", "prefix_cache": False, "steps": 3, "gradient_checkpointing": True}
+    options = criterion_options(values, ["ablation", "clip", "magnitude"])
+    assert options == (AblationOptions("drop", False), ClipOptions(skip_mode="drop", steps=3))
+    inputs = ScoringInputs(sd_unet, walk(sd_unet), options=options)
+    assert inputs.options_for(TaylorOptions) == TaylorOptions()  # not given: the defaults
+    assert inputs.options_for(ClipOptions).steps == 3
+    zeroed = inputs.with_options(skip_mode="zero")
+    assert zeroed.options_for(AblationOptions) == AblationOptions("zero", False)
+    assert zeroed.options_for(ClipOptions) == ClipOptions(skip_mode="zero", steps=3)
+    with pytest.raises(ValueError, match="unknown criterion option.*skipmode"):
+        criterion_options({"skipmode": "drop"})
+    with pytest.raises(TypeError, match="CriterionOptions instances"):
+        ScoringInputs(sd_unet, walk(sd_unet), options={"skip_mode": "drop"})
+    with pytest.raises(ValueError, match="two AblationOptions"):
+        ScoringInputs(sd_unet, walk(sd_unet), options=[AblationOptions(), AblationOptions()])
+
+
+def test_listing_criteria_imports_no_criterion_module():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from prune_lab.scoring import list_criteria; names = list_criteria(); "
+        "print(names, [m for m in ('torch', 'prune_lab.scoring.taylor') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "['ablation', 'clip', 'magnitude', 'taylor'] []", done.stderr
 
 
 def test_groupings_on_the_sd_topology(sd_unet):

@@ -18,7 +18,7 @@ from PIL import Image
 from prune_lab.backbones import walk
 from prune_lab.cli import main
 from prune_lab.models import load_unet
-from prune_lab.scoring import ScoringInputs, get_criterion, list_criteria, score_units
+from prune_lab.scoring import ClipOptions, ScoringInputs, get_criterion, list_criteria, score_units
 from prune_lab.scoring.calibration import load_pipeline
 from prune_lab.scoring.clip import load_clip
 
@@ -107,13 +107,10 @@ def test_clip_criterion_equals_a_manual_cosine(tiny_pipeline_dir, tmp_path, prom
     loaded = load_unet(tiny_pipeline_dir)
     pipe, graph = load_pipeline(loaded), walk(loaded.unet)
     texts = ["a red cat", "the blue sky at night"]
-    options = {
-        "clip_model": str(tiny_clip[0]),
-        "clip_checkpoint": str(tiny_clip[1]),
-        "steps": 2,
-        "image_dir": str(tmp_path / "images"),
-    }
-    inputs = ScoringInputs(loaded.unet, graph, pipeline=pipe, prompts=texts, options=options, seed=3)
+    options = ClipOptions(
+        clip_model=str(tiny_clip[0]), clip_checkpoint=str(tiny_clip[1]), steps=2, image_dir=str(tmp_path / "images")
+    )
+    inputs = ScoringInputs(loaded.unet, graph, pipeline=pipe, prompts=texts, options=[options], seed=3)
     unit = next(u for u in score_units(graph, "blocks") if u.name == UNITS[1])
     result = get_criterion("clip").build(inputs)(unit)
 

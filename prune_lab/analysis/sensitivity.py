@@ -7,7 +7,6 @@ Kim et al., "BK-SDM: A Lightweight, Fast, and Cheap Version of Stable Diffusion"
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import pandas as pd
 import torch
 
 from ..backbones import taken_out, walk
-from ..scoring import DenoisingBatch, ScoreUnit, ScoringInputs, run_sweep, score_units
+from ..scoring import DenoisingBatch, ScoreUnit, ScoringInputs, build_scoring_inputs, run_sweep, score_units
 from ..units import Graph
 
 #: Kinds of composite units (groups of atoms); :func:`grouped` aggregates atoms only.
@@ -30,7 +29,8 @@ COMPOSITE_KINDS = ("mid", "stage", "pair", "skip_level")
 def scoring_inputs(
     pipe, batches: list[DenoisingBatch], prompts: list[str], *, clip_scorer=None, sampling: Mapping, seed: int = 0
 ) -> ScoringInputs:
-    """Inputs for every criterion: `batches` for the data-driven ones, `pipe` + `prompts` for `clip`.
+    """Inputs for every criterion (:func:`prune_lab.scoring.build_scoring_inputs`): `batches` for the data-driven
+    ones, `pipe` + `prompts` for `clip`.
 
     Args:
         clip_scorer: a :class:`prune_lab.runtime.clip.ClipScorer` (e.g. ``load_clip("demo-clip")``).
@@ -38,8 +38,8 @@ def scoring_inputs(
     """
     options = {k: sampling[k] for k in ("scheduler", "steps", "guidance")}
     if clip_scorer is not None:
-        options["clip_scorer"] = clip_scorer
-    return ScoringInputs(pipe.unet, walk(pipe.unet), batches, pipe, list(prompts), options, seed)
+        options["scorer"] = clip_scorer
+    return build_scoring_inputs(pipeline=pipe, batches=batches, prompts=list(prompts), options=options, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------- sensitivity
@@ -173,7 +173,7 @@ def skip_sensitivity(
     units = skip_units(inputs.graph, levels, inputs.unet.config.get("sample_size"))
     tables = []
     for mode in modes:
-        moded = dataclasses.replace(inputs, options={**inputs.options, "skip_mode": mode})
+        moded = inputs.with_options(skip_mode=mode)
         tables.append(score_table(moded, units, criteria, progress=progress).assign(skip_mode=mode))
     return with_places(pd.concat(tables, ignore_index=True), inputs.graph)
 

@@ -1,8 +1,13 @@
 """`prunelab`: the command line. Subcommands parse, call the library, write and format; they never compute.
 
 Each module in :data:`COMMANDS` exposes `register(subparsers)`, which adds its subcommands and sets
-`func` on them. Library errors (`ValueError`, `FileNotFoundError`, `FileExistsError`) become one line on
-stderr and exit code 2.
+`func` on them. Building the parser (and so every `--help`) is import-cheap: the modules import torch, diffusers
+and the library inside their `func`, and take flag choices and defaults from import-cheap registries and
+vocabularies only (a test checks it).
+
+The validated user errors the library raises (:data:`USER_ERRORS`: `ValueError`, `FileNotFoundError`,
+`FileExistsError`) become one line on stderr and exit code 2; anything else (a `KeyError`, a `TypeError` ...) is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ COMMANDS = (
     "prune_lab.cli.demo",
     "prune_lab.cli.demo_run",
 )
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+#: Exceptions that are validated user errors: one line on stderr, exit code 2.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `prunelab` parser with every subcommand (imports neither torch nor diffusers)."""
     parser = argparse.ArgumentParser(prog="prunelab", description="Find, cut and retrain diffusion U-Net blocks.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
@@ -34,13 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; its exit code (2 and one line on stderr for a user error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
     except USER_ERRORS as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"prunelab {args.command}: error: {message}", file=sys.stderr)
+        print(f"prunelab {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

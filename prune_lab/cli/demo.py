@@ -1,23 +1,20 @@
-"""`prunelab demo-train` (train the demo world's models) and `prunelab demo-quality` (measure and report them)."""
+"""Demo-world subcommands: `demo-train` (train its models), `demo-data` (write scenes), `demo-quality` (measure and
+report the models), `demo-study` (BK-SDM's retraining study in miniature)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
-from .formatting import render
+from ..runtime.tables import render
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
     from ..demo.train import STAGES, StageConfig, TrainConfig, assemble, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _threads(args.threads)
     defaults = TrainConfig()
     stages = {}
     for name in STAGES:
@@ -38,62 +35,33 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _quality(args: argparse.Namespace) -> int:
-    import platform
-    import time
+    from ..demo.quality import measure_quality, write_quality_report
 
-    import torch
-
-    from ..demo.quality import Classifier, generation_accuracy, scorer_accuracy, shipped_sizes, training_summary
-    from ..demo.scorer import CLIP_CHECKPOINT, load_scorer
-    from ..demo.world import World
-    from ..evaluation.generate import load_pipeline
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    world = World(args.world_seed)
-    model, _, tokenizer = load_scorer(args.clip_checkpoint or CLIP_CHECKPOINT)
-    classifier = Classifier(model, tokenizer)
-    t0 = time.perf_counter()
-    real = scorer_accuracy(classifier, world, args.n, progress=not args.quiet).to_frame()
-    t1 = time.perf_counter()
-    pipe = load_pipeline(args.model, scheduler=args.scheduler)
-    generated = generation_accuracy(
-        classifier,
-        pipe,
-        world,
-        args.n,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    ).to_frame()
-    t2 = time.perf_counter()
-    settings = dict(
-        model=args.model,
+    _threads(args.threads)
+    run = measure_quality(
+        args.model,
         n=args.n,
         world_seed=args.world_seed,
         scheduler=args.scheduler,
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed,
-        threads=torch.get_num_threads(),
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
-        scorer_s=t1 - t0,
-        generation_s=t2 - t1,
+        batch_size=args.batch_size,
+        clip_checkpoint=args.clip_checkpoint,
+        progress=not args.quiet,
     )
-    record = {"settings": settings, "scorer": real.to_dict("records"), "generation": generated.to_dict("records")}
-    print(render(real, "table"), render(generated, "table"), sep="\n\n")
+    print(render(run.scorer, "table"), render(run.generation, "table"), sep="\n\n")
     if args.out:
-        sizes = shipped_sizes()
-        try:
-            training = training_summary()
-        except FileNotFoundError:
-            training = None
-        _write_atomic(args.out, _report(settings, real, generated, training, sizes, _command(args)))
-        _write_atomic(args.out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
-        print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+        report, record = write_quality_report(run, args.out, _command(args))
+        print(f"wrote {report} and {record}")
     return 0
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -123,86 +91,12 @@ def _command(args: argparse.Namespace) -> str:
     return " ".join([*parts, f"--out {args.out}"])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+#: `demo-study` flags that set a :class:`~prune_lab.demo.study.StudyConfig` field (unset: the config's default).
+STUDY_FIELDS = ("preset", "arms", "steps", "batch_size", "lr", "data_n", "n", "seed")
 
 
-def _pct(frame):
-    out = frame.copy()
-    out["accuracy"] = [f"{100 * a:.1f}%" for a in frame.accuracy]
-    out["stderr"] = [f"{100 * s:.1f}%" for s in frame.stderr]
-    return out
-
-
-def _report(settings: dict, real, generated, training, sizes, command: str) -> str:
-    s = settings
-    lines = [
-        "# Demo world: quality of the shipped models",
-        "",
-        f"Regenerate with `{command}` (took {s['scorer_s'] / 60:.1f} + {s['generation_s'] / 60:.1f} min on "
-        f"{s['machine']}, {s['threads']} torch thread(s)).",
-        "",
-        "Classification is zero-shot CLIP with the shipped scorer `demo-clip`: an image's predicted attributes are "
-        "those of the world's caption most similar to it (each attribute read separately, so a right shape in "
-        "the wrong colour counts as right on shape). Standard errors are binomial.",
-        "",
-        f"## Scorer on {s['n']} held-out real images (world seed {s['world_seed']})",
-        "",
-        render(_pct(real), "markdown"),
-        "",
-        f"## Teacher `{s['model']}` on the captions of {s['n']} held-out scenes",
-        "",
-        f"Sampler `{s['scheduler']}`, {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']} (image i: "
-        "initial noise from `SeedSequence((seed, i))`); an image counts as right when the scorer reads the "
-        "caption's value.",
-        "",
-        render(_pct(generated), "markdown"),
-        "",
-        "Quality bar (issue 8): scorer >= 95% on colour and shape of real images; teacher >= 80% on colour and on "
-        "shape separately.",
-    ]
-    if training is not None:
-        lines += [
-            "",
-            "## Training (`prunelab demo-train`, from `prune_lab/demo/training.json`)",
-            "",
-            render(training.round(3), "markdown"),
-        ]
-    lines += ["", f"## Shipped weights: {sizes.size_MB.sum():.1f} MB", "", render(sizes.round(2), "markdown"), ""]
-    return "\n".join(lines)
-
-
-def _study(args: argparse.Namespace) -> int:
-    import platform
-    import time
-
-    import torch
-
-    from ..demo.study import ARMS, StudyConfig, plot_study, run_study
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = StudyConfig(
-        preset=args.preset,
-        arms=tuple(args.arms or ARMS),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        data_n=args.data_n,
-        n=args.n,
-        seed=args.seed,
-    )
-    t0 = time.perf_counter()
-    result = run_study(config, args.work, progress=not args.quiet)
-    minutes = (time.perf_counter() - t0) / 60
-    summary, differences = result["summary"], result["differences"]
-    print(render(summary.round(4), "table"), render(differences.round(4), "table"), sep="\n\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot_study(result, args.out / "study.png")
-    command = " ".join(
+def _study_command(args: argparse.Namespace, config) -> str:
+    return " ".join(
         [
             f"prunelab demo-study --out {args.out} --work {args.work} --preset {config.preset}",
             f"--steps {config.steps} --batch-size {config.batch_size} --lr {config.lr:g} --data-n {config.data_n}",
@@ -210,64 +104,27 @@ def _study(args: argparse.Namespace) -> int:
             f"--threads {args.threads}" if args.threads else "",
         ]
     )
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)"
-    _write_atomic(args.out / "README.md", _study_report(result, command, machine, minutes))
-    record = {**result, "summary": summary.to_dict("records"), "differences": differences.to_dict("records")}
-    record.pop("losses")
-    _write_atomic(args.out / "results.json", json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out / 'README.md'}, {args.out / 'results.json'}, {args.out / 'study.png'}")
+
+
+def _study(args: argparse.Namespace) -> int:
+    import time
+
+    from ..demo.study import StudyConfig, run_study, write_study_report
+
+    _threads(args.threads)
+    values = {k: getattr(args, k) for k in STUDY_FIELDS if getattr(args, k) is not None}
+    config = StudyConfig(**{**values, **({"arms": tuple(values["arms"])} if "arms" in values else {})})
+    t0 = time.perf_counter()
+    result = run_study(config, args.work, progress=not args.quiet)
+    minutes = (time.perf_counter() - t0) / 60
+    print(render(result["summary"].round(4), "table"), render(result["differences"].round(4), "table"), sep="\n\n")
+    written = write_study_report(result, args.out, _study_command(args, config), minutes)
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-def _study_report(result: dict, command: str, machine: str, minutes: float) -> str:
-    c = result["config"]
-    summary = result["summary"].copy()
-    shown = ["model", "unet_params_M"]
-    for name in ("colour", "shape", "colour+shape"):
-        summary[name] = [f"{100 * a:.1f}% ± {100 * se:.1f}" for a, se in zip(summary[name], summary[f"{name}_se"])]
-        shown.append(name)
-    diffs = result["differences"].copy()
-    diffs["difference"] = [f"{100 * d:+.1f} pts ± {100 * se:.1f}" for d, se in zip(diffs["difference"], diffs["se"])]
-    last = {arm: losses.tail(50)["task"].mean() for arm, losses in result["losses"].items()}
-    return "\n".join(
-        [
-            "# BK-SDM in miniature: block removal, then retraining with and without distillation",
-            "",
-            f"Regenerate with `{command.strip()}` ({machine}; this invocation took {minutes:.1f} min: retrained "
-            "arms and measurements already in the work folder are reused, so only the missing ones cost time).",
-            "",
-            f"The student is the `{c['preset']}` preset applied to the shipped demo teacher (`prunelab apply`). Every "
-            f"retraining arm runs `prunelab distill` for the same {c['steps']} steps (batch {c['batch_size']}, "
-            f"AdamW at a constant {c['lr']:g}, no EMA, seed {c['seed']}) on the same {c['data_n']} training scenes; "
-            "only the loss weights differ (task = denoising loss, out-kd = output-level KD, feat-kd = BK-SDM's "
-            "feature-level KD at every stage). Learning rate, batch, data and loss weights are the study's defaults, "
-            "fixed before its first result and never tuned on the outcome.",
-            "",
-            f"Every model draws the captions of the same {c['n']} held-out scenes from the same initial noises "
-            f"(sampler `{c['sampling']['scheduler']}`, {c['sampling']['steps']} steps, guidance "
-            f"{c['sampling']['guidance']}); the shipped `demo-clip` scorer reads colour and shape off each image. "
-            "± values are binomial standard errors.",
-            "",
-            render(summary[shown].round(2), "markdown"),
-            "",
-            "Paired differences in colour+shape accuracy (same captions and noises; ± is the standard error of the "
-            "per-image differences):",
-            "",
-            render(diffs[["a", "b", "difference", "n"]], "markdown"),
-            "",
-            "Mean task loss over the last 50 retraining steps: "
-            + ", ".join(f"{arm} {value:.4f}" for arm, value in last.items())
-            + ".",
-            "",
-            "![accuracy and loss curves](study.png)",
-            "",
-        ]
-    )
 
 
 def register(subparsers) -> None:
     from ..demo import DEMO_DIR, SAMPLING
-    from ..demo.study import StudyConfig
 
     p = subparsers.add_parser(
         "demo-train",
@@ -308,14 +165,15 @@ def register(subparsers) -> None:
     )
     s.add_argument("--out", type=Path, default=Path("reports/demo-study"), help="report folder")
     s.add_argument("--work", type=Path, default=Path(".cache/demo-study"), help="data, students, measurements")
-    s.add_argument("--preset", default=StudyConfig.preset, help="block-removal preset making the student")
+    # an unset flag keeps StudyConfig's default (fixed before the study's first result)
+    s.add_argument("--preset", help="block-removal preset making the student")
     s.add_argument("--arms", nargs="+", help="retraining objectives (default: all of task, task+out-kd, ...)")
-    s.add_argument("--steps", type=int, default=StudyConfig.steps, help="retraining steps of every arm")
-    s.add_argument("--batch-size", type=int, default=StudyConfig.batch_size)
-    s.add_argument("--lr", type=float, default=StudyConfig.lr)
-    s.add_argument("--data-n", type=int, default=StudyConfig.data_n, help="training scenes written for retraining")
-    s.add_argument("-n", "--n", type=int, default=StudyConfig.n, help="held-out captions each model is measured on")
-    s.add_argument("--seed", type=int, default=StudyConfig.seed)
+    s.add_argument("--steps", type=int, help="retraining steps of every arm")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--data-n", type=int, help="training scenes written for retraining")
+    s.add_argument("-n", "--n", type=int, help="held-out captions each model is measured on")
+    s.add_argument("--seed", type=int)
     s.add_argument("--threads", type=int, help="torch CPU threads")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_study)

@@ -7,7 +7,7 @@ import shlex
 from dataclasses import replace
 from pathlib import Path
 
-from .formatting import render
+from ..runtime.tables import render
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -22,9 +22,9 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def _config(args: argparse.Namespace):
-    from ..demo.run import QUICK, RunConfig
+    from ..demo.job import QUICK, RunConfig
+    from ..runtime.budget import parse_budget
     from ..scoring import list_criteria
-    from ..search import parse_budget
 
     config = QUICK if args.quick else RunConfig()
     overrides = {

@@ -6,23 +6,28 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
+from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 
-from ..distill.features import FEATURE_LAYERS
-from ..distill.recipe import MIXED_PRECISION, DistillConfig, DistillRecipe, DivergedError
-
-CACHE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+#: accelerate's `mixed_precision` name of each canonical dtype (`--mixed-precision` takes every spelling, or `no`).
+ACCELERATE_PRECISION = {"float32": "no", "float16": "fp16", "bfloat16": "bf16"}
 
 
-def config_from_args(args: argparse.Namespace) -> DistillConfig:
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~prune_lab.distill.recipe.DistillConfig` of the flags (unset flags keep its defaults)."""
+    from ..distill.recipe import DistillConfig
+
     fields = DistillConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if values.get("mixed_precision", "no") != "no":
+        values["mixed_precision"] = ACCELERATE_PRECISION[canonical_dtype(values["mixed_precision"])]
     values["progress"] = not args.no_progress
     values["flip"] = not args.no_flip
     return DistillConfig(**values)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    from ..distill.recipe import DistillRecipe, DivergedError
+
     recipe = DistillRecipe(config_from_args(args))
     try:
         result = recipe.run()
@@ -42,8 +47,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> int:
+    import torch
+
     from ..distill.data import write_latent_cache
     from ..distill.encoders import load_encoders
+    from ..runtime.dtypes import parse_dtype
 
     root = Path(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,7 +64,7 @@ def cmd_cache_latents(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
-        dtype=CACHE_DTYPES[args.dtype],
+        dtype=parse_dtype(args.dtype),
         flip=not args.no_flip,
         source=str(args.model),
         scheduler_dir=root / "scheduler",
@@ -89,10 +97,11 @@ def _distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-feat", type=float, help="weight of the feature-level KD loss (default 1)")
     p.add_argument(
         "--feature-layers",
-        choices=[*FEATURE_LAYERS, "none"],
-        help="stages: every stage output (BK-SDM, default); units: every kept unit (SSD-1B)",
+        help="stages: every stage output (BK-SDM, default); units: every kept unit (SSD-1B); none",
     )
-    p.add_argument("--mixed-precision", choices=list(MIXED_PRECISION), help="default no (fp32)")
+    p.add_argument(
+        "--mixed-precision", choices=("no", *DTYPE_NAMES), help="default no (fp32); fp16 / bf16 in either spelling"
+    )
     p.add_argument("--ema", action="store_true", default=None, help="keep EMA weights and export them")
     p.add_argument("--ema-decay", type=float, help="default 0.9999")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
@@ -129,7 +138,7 @@ def register(subparsers) -> None:
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=1024, help="samples per safetensors shard")
-    p.add_argument("--dtype", choices=list(CACHE_DTYPES), default="fp16", help="storage dtype")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp16", help="storage dtype")
     p.add_argument("--no-flip", action="store_true", help="do not store flipped latents (no flip augmentation)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", help="default cuda when available")

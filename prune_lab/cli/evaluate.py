@@ -11,29 +11,15 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import torch
+from ..runtime.dtypes import DTYPE_NAMES
+from ..runtime.tables import FORMATS, render
 
-from ..evaluation.generate import (
-    IMAGE_FORMATS,
-    SCHEDULERS,
-    GenerationConfig,
-    check_resume,
-    generate_images,
-    generation_settings,
-    load_pipeline,
-    pending,
-    record_settings,
-)
-from ..evaluation.images import list_images, paired_images
-from ..evaluation.metrics import FID_MODES
-from ..evaluation.prompts import coco_captions, read_prompts, write_prompts
-from ..evaluation.protocol import METRICS, EvalSettings, Evaluator, check_settings, default_device
-from .formatting import FORMATS, render
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
 
-#: `--dtype` choices; `auto` is fp16 on CUDA (as BK-SDM) and fp32 elsewhere.
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TABLE_COLUMNS = {
     "model": None,
     "images": None,
@@ -46,6 +32,8 @@ TABLE_COLUMNS = {
 
 
 def cmd_coco_prompts(args: argparse.Namespace) -> int:
+    from ..evaluation.prompts import coco_captions, write_prompts
+
     df = coco_captions(args.annotations, args.n, args.seed)
     write_prompts(df, args.out)
     print(
@@ -56,13 +44,29 @@ def cmd_coco_prompts(args: argparse.Namespace) -> int:
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto`: fp16 on CUDA (as BK-SDM), fp32 elsewhere; else any :mod:`prune_lab.runtime.dtypes` spelling."""
+    import torch
+
+    from ..runtime.dtypes import parse_dtype
+
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
+    return parse_dtype(name)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from accelerate import PartialState
+
+    from ..evaluation.generate import (
+        GenerationConfig,
+        check_resume,
+        generate_images,
+        generation_settings,
+        load_pipeline,
+        pending,
+        record_settings,
+    )
+    from ..evaluation.prompts import read_prompts
 
     config = GenerationConfig(
         steps=args.steps,
@@ -98,7 +102,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace) -> EvalSettings:
+def _settings(args: argparse.Namespace):
+    from ..evaluation.protocol import EvalSettings, default_device
+
     return EvalSettings(
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
         resize=args.resize,
@@ -118,13 +124,9 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
     )
 
 
-def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
-
-
 def _table(results: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
     df = pd.DataFrame(results)[list(TABLE_COLUMNS)]
     for column, digits in TABLE_COLUMNS.items():
         if digits is not None:
@@ -133,6 +135,11 @@ def _table(results: list[dict]) -> pd.DataFrame:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..evaluation.images import list_images, paired_images
+    from ..evaluation.prompts import read_prompts
+    from ..evaluation.protocol import Evaluator, check_settings
+    from ..runtime.atomic import write_text
+
     settings = _settings(args)
     prompts = read_prompts(args.prompts) if args.prompts else None
     check_settings(settings, prompts is not None)
@@ -143,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = []
     for folder in folders:
         result = evaluator.evaluate(folder, prompts, args.prompts)
-        _write_json(Path(folder) / args.json_name, result)
+        write_text(Path(folder) / args.json_name, json.dumps(result, indent=2))
         results.append(result)
     print(json.dumps(results, indent=2) if args.format == "json" else render(_table(results), args.format))
     return 0
@@ -156,12 +163,12 @@ def _register_generate(subparsers) -> None:
     p.add_argument("--out", required=True, help="image folder; existing images are kept and skipped")
     p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25, as BK-SDM)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--scheduler", choices=list(SCHEDULERS), default="pndm", help="sampler (default pndm)")
+    p.add_argument("--scheduler", default="pndm", help="sampler (default pndm; an unknown name lists the choices)")
     p.add_argument("--resolution", type=int, help="square image side (default: the model's, 512 for SD-v1)")
     p.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call (images do not depend on it)")
     p.add_argument("--seed", type=int, default=0, help="base seed; prompt i uses SeedSequence((seed, i))")
-    p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--ext", choices=list(IMAGE_FORMATS), default="png", help="png, or jpg (quality 75, as BK-SDM)")
+    p.add_argument("--dtype", choices=["auto", *DTYPE_NAMES], default="auto", help="auto: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--ext", default="png", help="png, or jpg (quality 75, as BK-SDM)")
     p.set_defaults(func=cmd_generate)
 
 
@@ -173,10 +180,9 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--real", help="reference images for FID (e.g. COCO val2014/)")
     p.add_argument("--real-stats", help="reference FID statistics .npz; with --real, a cache (reused or written)")
     p.add_argument("--resize", type=int, help="resize every image to NxN (bicubic) first; 256 in BK-SDM's protocol")
-    p.add_argument("--metrics", default="fid,is,clip", help=f"comma-separated, from {','.join(METRICS)}")
+    p.add_argument("--metrics", default="fid,is,clip", help="comma-separated (default: all, fid,is,clip)")
     p.add_argument(
         "--fid-mode",
-        choices=list(FID_MODES),
         default="legacy_pytorch",
         help="legacy_pytorch: pytorch-fid (BK-SDM's numbers); clean: clean-fid",
     )

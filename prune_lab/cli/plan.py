@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+from ..runtime.budget import RESOURCES, parse_budget
+from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
+from ..runtime.tables import FORMATS, render
+from .structure import PRESET_HELP, _model_arg, _params_m
 
-from ..backbones import build_student, create_plan, list_presets, read_importance
-from ..models import load_unet
-from ..report import LatencySettings
-from ..report.latency import DTYPES
-from ..scoring import read_scores
-from ..search import RESOURCES, SearchResult, build_problem, list_strategies, pareto_front, parse_budget, search
-from ..search.plot import plot_front
-from .formatting import FORMATS, render
-from .structure import _model_arg, _params_m
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..search import SearchResult
 
 
 # ------------------------------------------------------------------------------------------------- --preset
 def _preset_plan(args: argparse.Namespace) -> int:
+    from ..backbones import build_student, create_plan, read_importance
+    from ..models import load_unet
+
     unet = load_unet(args.model, meta=True).unet
     scores = read_importance(args.scores) if args.scores else None
     plan = create_plan(unet, args.preset, source=args.model, scores=scores)
@@ -38,13 +38,20 @@ def _preset_plan(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------- --target / --pareto
-def _latency(args: argparse.Namespace, resource: str) -> LatencySettings | None:
-    if not RESOURCES[resource].measured:
+def _latency(args: argparse.Namespace, resource: str):
+    from ..report import LatencySettings
+
+    if not RESOURCES.get(resource).measured:
         return None
-    return LatencySettings(device=args.device, dtype=args.dtype, runs=args.runs, warmup=args.warmup, progress=True)
+    dtype = canonical_dtype(args.dtype)
+    return LatencySettings(device=args.device, dtype=dtype, runs=args.runs, warmup=args.warmup, progress=True)
 
 
 def _problem(args: argparse.Namespace, resource: str):
+    from ..models import load_unet
+    from ..scoring import read_scores
+    from ..search import build_problem
+
     if not args.scores:
         raise ValueError("--target and --pareto need --scores scores.csv (write one with `prunelab score`)")
     scores = read_scores(args.scores)
@@ -64,9 +71,11 @@ def _problem(args: argparse.Namespace, resource: str):
 
 def cost_table(result: SearchResult) -> pd.DataFrame:
     """One row per resource: unpruned, predicted, % kept, and the budget's bound on its own row."""
+    import pandas as pd
+
     rows = []
     for name, base in result.base.items():
-        spec, value = RESOURCES[name], result.predicted[name]
+        spec, value = RESOURCES.get(name), result.predicted[name]
         bound = spec.format(result.limit) if name == result.budget.resource else ""
         rows.append(
             {
@@ -85,7 +94,10 @@ def _labels(result: SearchResult, graph) -> list[str]:
 
 
 def _search_plan(args: argparse.Namespace) -> int:
-    budget = parse_budget(args.target)  # bad budgets fail before anything is loaded
+    from ..search import get_strategy, search
+
+    budget = parse_budget(args.target)  # bad budgets and strategies fail before anything is loaded
+    get_strategy(args.strategy)
     problem = _problem(args, budget.resource)
     result = search(problem, budget, args.strategy)
     result.plan.save(args.out)
@@ -102,20 +114,16 @@ def _search_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        df.to_csv(f, index=False)
-    os.replace(tmp, path)
-
-
 def _pareto(args: argparse.Namespace) -> int:
+    from ..runtime.atomic import write_csv
+    from ..search import pareto_front
+    from ..search.plot import plot_front
+
     problem = _problem(args, args.resource)
     df = pareto_front(problem, args.resource, exact=not args.predicted, progress=True)
     plot = args.plot or args.out.with_suffix(".png")
     plot_front(df, args.resource, plot)
-    _atomic_csv(df, args.out)
+    write_csv(args.out, df)
     shown = ["source", "step", f"{args.resource}_pct", "importance_lost", "removed_count", "expressible"]
     marked = df[df["on_front"] | df["source"].str.startswith("preset:")]
     print(render(marked[shown], args.format))
@@ -133,7 +141,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("plan", help="write a plan.json: from a preset, or the best plan for a budget")
     _model_arg(p)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--preset", help=f"one of: {', '.join(list_presets())}")
+    what.add_argument("--preset", help=PRESET_HELP)
     what.add_argument(
         "--target",
         metavar="RESOURCE=VALUE",
@@ -143,20 +151,24 @@ def register(subparsers) -> None:
     what.add_argument("--pareto", action="store_true", help="write every searched plan (CSV) and the front (plot)")
     p.add_argument("--scores", help="scores CSV/JSON from `prunelab score` (SDXL presets: which layers to keep)")
     p.add_argument("--criterion", help="which criterion of the scores file (needed when it holds several)")
-    p.add_argument("--strategy", choices=list_strategies(), default="greedy", help="search strategy for --target")
+    p.add_argument(
+        "--strategy",
+        default="greedy",
+        help="search strategy for --target: a registered one (greedy, the default; an unknown name lists them)",
+    )
     p.add_argument("--expressible", action="store_true", help="only plans that export as a plain diffusers U-Net")
     p.add_argument("--keep-units", nargs="+", metavar="NAME", help="units (and all inside them) never removed")
     p.add_argument(
         "--never-remove", nargs="+", metavar="KIND_OR_PATTERN", help="kinds (attention, skip ...) or name patterns"
     )
     p.add_argument("-o", "--out", required=True, type=Path, help="plan file to write (--pareto: the CSV)")
-    p.add_argument("--resource", choices=list(RESOURCES), default="params", help="--pareto: the cost axis")
+    p.add_argument("--resource", choices=RESOURCES.names(), default="params", help="--pareto: the cost axis")
     p.add_argument("--plot", type=Path, help="--pareto: figure to write (default: the CSV's name, .png)")
     p.add_argument("--predicted", action="store_true", help="--pareto: cost model only, no exact count per plan")
     p.add_argument("--format", choices=FORMATS, default="table")
     g = p.add_argument_group("latency budgets (timed on real compute; meta models get fresh weights)")
     g.add_argument("--device", default="cpu", help="cpu or cuda")
-    g.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    g.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
     g.add_argument("--runs", type=int, default=5, help="timed runs (after the warm-up)")
     g.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs")
     p.set_defaults(func=cmd_plan)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-import pandas as pd
+from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
+from ..runtime.tables import FORMATS, render
+from .structure import PRESET_HELP
 
-from ..backbones import create_plan, list_presets
-from ..models import load_unet
-from ..plan import Plan
-from ..report import LatencySettings, compare, comparison_frame, report
-from ..report.latency import DTYPES, TARGETS
-from ..report.summary import DEFAULT_STEPS
-from .formatting import FORMATS, render
+if TYPE_CHECKING:
+    import pandas as pd
 
 _CONVENTION = (
     "thop convention: zero inputs, batch 1, latent = resolution / {factor} ({latent}x{latent}), 77 text "
@@ -22,12 +20,14 @@ _CONVENTION = (
 )
 
 
-def _latency_settings(args: argparse.Namespace) -> LatencySettings | None:
+def _latency_settings(args: argparse.Namespace):
+    from ..report import LatencySettings
+
     if not args.latency:
         return None
     return LatencySettings(
         device=args.device,
-        dtype=args.dtype,
+        dtype=canonical_dtype(args.dtype),
         runs=args.runs,
         warmup=args.warmup,
         target=args.latency_of,
@@ -37,10 +37,16 @@ def _latency_settings(args: argparse.Namespace) -> LatencySettings | None:
 
 
 def _reports(args: argparse.Namespace) -> list:
+    from ..backbones import create_plan
+    from ..models import load_unet
+    from ..plan import Plan
+    from ..report import compare, report
+
+    latency = _latency_settings(args)  # bad settings fail before the model is loaded
     loaded = load_unet(args.model, meta=True)
-    kwargs = dict(
-        resolution=args.resolution, steps=args.steps, per_unit=args.per_unit, latency=_latency_settings(args)
-    )
+    kwargs = dict(resolution=args.resolution, per_unit=args.per_unit, latency=latency)
+    if args.steps is not None:
+        kwargs["steps"] = args.steps
     if args.compare:
         return compare(loaded, args.compare, **kwargs)
     if args.keep:
@@ -51,6 +57,8 @@ def _reports(args: argparse.Namespace) -> list:
 
 
 def _cell(value, pct, first: bool) -> str:
+    import pandas as pd
+
     if value is None or pd.isna(value):
         return ""
     if isinstance(value, float):
@@ -62,6 +70,8 @@ def _cell(value, pct, first: bool) -> str:
 
 def paper_view(df: pd.DataFrame) -> pd.DataFrame:
     """Metrics as rows, one column per variant, `value (change vs the first)`: BK-SDM Table 2 laid out."""
+    import pandas as pd
+
     metrics = [c for c in df.columns if not c.endswith("_change_pct") and c not in ("model", "variant")]
     rows = []
     for metric in metrics:
@@ -73,6 +83,8 @@ def paper_view(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _print_units(reports: list, fmt: str) -> None:
+    import pandas as pd
+
     if fmt == "csv":  # one machine-readable table, raw counts included
         print()
         print(render(pd.concat([r.units.assign(variant=r.variant) for r in reports], ignore_index=True), fmt))
@@ -84,6 +96,8 @@ def _print_units(reports: list, fmt: str) -> None:
 
 
 def _print_text(reports: list, args: argparse.Namespace) -> None:
+    from ..report import comparison_frame
+
     first = reports[0]
     if args.format == "table":
         print(_CONVENTION.format(factor=first.resolution // first.latent, latent=first.latent, steps=first.steps))
@@ -110,7 +124,7 @@ def register(subparsers) -> None:
     )
     what = p.add_mutually_exclusive_group()
     what.add_argument("--keep", help="report the student of this plan.json")
-    what.add_argument("--preset", help=f"report the student of a preset: {', '.join(list_presets())}")
+    what.add_argument("--preset", help=f"report the student of a preset: {PRESET_HELP}")
     what.add_argument(
         "--compare",
         nargs="+",
@@ -119,19 +133,19 @@ def register(subparsers) -> None:
         "side with %% change",
     )
     p.add_argument("--resolution", type=int, help="image side in pixels (default: the model's, e.g. 512 for sd-v1)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps of a whole generation")
+    p.add_argument("--steps", type=int, help="denoising steps of a whole generation (default: the report's, 25)")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--per-unit", action="store_true", help="params and MACs of every unit (one profiled forward)")
     p.add_argument("--latency", action="store_true", help="also time the model (needs real compute)")
     p.add_argument("--device", default="cpu", help="latency device: cpu or cuda")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="latency dtype")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="latency dtype")
     p.add_argument("--runs", type=int, default=10, help="timed runs (after the warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
     p.add_argument("--threads", type=int, help="CPU threads while timing (default: torch's)")
     p.add_argument(
         "--latency-of",
-        choices=TARGETS,
         default="step",
-        help="time one U-Net step, or whole generations (text encoder + steps x U-Net + VAE decoder)",
+        help="`step`: time one U-Net step (default); `generation`: whole generations (text encoder + steps x U-Net "
+        "+ VAE decoder)",
     )
     p.set_defaults(func=cmd_report)

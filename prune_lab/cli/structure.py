@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
+from ..runtime.tables import FORMATS, render
 
-from ..backbones import build_student, create_plan, get_preset, list_presets, model_family, read_importance, walk
-from ..formats.block import apply_plan
-from ..models import load_unet
-from ..plan import Plan
-from .formatting import FORMATS, render
+#: Help of every `--preset` flag (the preset names live with the presets; listing them here would import torch).
+PRESET_HELP = "a published architecture: `prunelab presets --model M` lists the ones that fit M, with their sizes"
 
 BLOCK_COLUMNS = [
     "name",
@@ -35,6 +32,11 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_blocks(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from ..backbones import walk
+    from ..models import load_unet
+
     graph = walk(load_unet(args.model, meta=True).unet)
     df = pd.DataFrame(graph.to_records())
     if args.kind:
@@ -50,37 +52,16 @@ def _params_m(n: int) -> float:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    loaded = load_unet(args.model, meta=True)
-    unet = loaded.unet
-    base = sum(p.numel() for p in unet.parameters())
-    rows = [
-        {
-            "preset": "(base)",
-            "params": base,
-            "params_M": _params_m(base),
-            "params_pct": 100.0,
-            "expressible": True,
-            "description": args.model,
-        }
-    ]
-    for name in list_presets(model_family(unet)):
-        student = build_student(unet, create_plan(unet, name, source=args.model))
-        n = sum(p.numel() for p in student.student.parameters())
-        rows.append(
-            {
-                "preset": name,
-                "params": n,
-                "params_M": _params_m(n),
-                "params_pct": round(100 * n / base, 1),
-                "expressible": student.expressible,
-                "description": get_preset(name).description,
-            }
-        )
-    print(render(pd.DataFrame(rows), args.format))
+    from ..report.preset_table import preset_table
+
+    print(render(preset_table(args.model), args.format))
     return 0
 
 
-def _plan_from_args(args: argparse.Namespace, unet) -> Plan:
+def _plan_from_args(args: argparse.Namespace, unet):
+    from ..backbones import create_plan, read_importance
+    from ..plan import Plan
+
     scores = read_importance(args.scores, args.criterion) if args.scores else None
     if getattr(args, "keep", None):
         return Plan.load(args.keep)
@@ -90,6 +71,9 @@ def _plan_from_args(args: argparse.Namespace, unet) -> Plan:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from ..formats.block import apply_plan
+    from ..models import load_unet
+
     loaded = load_unet(args.model)
     plan = _plan_from_args(args, loaded.unet)
     result = apply_plan(loaded, plan, args.out, overwrite=args.overwrite)
@@ -123,7 +107,7 @@ def register(subparsers) -> None:
     _model_arg(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--keep", help="plan.json to apply")
-    src.add_argument("--preset", help=f"shortcut for a preset plan: {', '.join(list_presets())}")
+    src.add_argument("--preset", help=f"shortcut for a preset plan: {PRESET_HELP}")
     p.add_argument("--scores", help="scores.csv for the SDXL presets' layer choice")
     p.add_argument("--criterion", help="which criterion's scores to use when --scores merges several")
     p.add_argument("--out", required=True, type=Path, help="output folder (DIR/unet, or a whole pipeline)")

@@ -17,6 +17,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..runtime.atomic import write_json, write_text
 from ..runtime.clip import normalize_images
+from ..runtime.tables import render
 from . import DEMO_DIR
 from .world import ATTRIBUTES, World, caption
 
@@ -215,3 +220,143 @@ def training_summary(path: str | Path | None = None) -> pd.DataFrame:
         for r in record["stages"]
     ]
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ measurement, report
+@dataclass
+class QualityRun:
+    """What :func:`measure_quality` measured.
+
+    Attributes:
+        settings: model, sampling, seeds, threads, machine, and the seconds each part took (`scorer_s`,
+            `generation_s`).
+        scorer: the scorer's accuracy on held-out real images (:meth:`Accuracy.to_frame`).
+        generation: the pipeline's caption accuracy on held-out captions.
+    """
+
+    settings: dict
+    scorer: pd.DataFrame
+    generation: pd.DataFrame
+
+    def record(self) -> dict:
+        """JSON-ready: the settings and both tables as records."""
+        return {
+            "settings": self.settings,
+            "scorer": self.scorer.to_dict("records"),
+            "generation": self.generation.to_dict("records"),
+        }
+
+
+def measure_quality(
+    model: str = "demo",
+    *,
+    n: int = 500,
+    world_seed: int = 0,
+    scheduler: str,
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+    batch_size: int = 50,
+    clip_checkpoint: str | Path | None = None,
+    progress: bool = True,
+) -> QualityRun:
+    """The shipped scorer's accuracy on `n` held-out real scenes, and `model`'s caption accuracy on the captions
+    of `n` held-out scenes (image i from the initial noise of :func:`image_seed` ``(seed, i)``).
+
+    Args:
+        model: `demo` or a pipeline folder.
+        clip_checkpoint: the scorer's weights (default: the shipped `demo-clip`).
+    """
+    from ..evaluation.generate import load_pipeline
+    from .scorer import CLIP_CHECKPOINT, load_scorer
+
+    world = World(world_seed)
+    clip, _, tokenizer = load_scorer(clip_checkpoint or CLIP_CHECKPOINT)
+    classifier = Classifier(clip, tokenizer)
+    t0 = time.perf_counter()
+    real = scorer_accuracy(classifier, world, n, progress=progress).to_frame()
+    t1 = time.perf_counter()
+    pipe = load_pipeline(model, scheduler=scheduler)
+    generated = generation_accuracy(
+        classifier, pipe, world, n, steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, progress=progress
+    ).to_frame()
+    settings = dict(
+        model=str(model),
+        n=n,
+        world_seed=world_seed,
+        scheduler=scheduler,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        threads=torch.get_num_threads(),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
+        scorer_s=t1 - t0,
+        generation_s=time.perf_counter() - t1,
+    )
+    return QualityRun(settings, real, generated)
+
+
+def _pct(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame.copy()
+    out["accuracy"] = [f"{100 * a:.1f}%" for a in frame.accuracy]
+    out["stderr"] = [f"{100 * s:.1f}%" for s in frame.stderr]
+    return out
+
+
+def quality_report(
+    run: QualityRun, command: str, training: pd.DataFrame | None = None, sizes: pd.DataFrame | None = None
+) -> str:
+    """The Markdown report of `run` (`command` regenerates it), with the training record and shipped sizes."""
+    s = run.settings
+    lines = [
+        "# Demo world: quality of the shipped models",
+        "",
+        f"Regenerate with `{command}` (took {s['scorer_s'] / 60:.1f} + {s['generation_s'] / 60:.1f} min on "
+        f"{s['machine']}, {s['threads']} torch thread(s)).",
+        "",
+        "Classification is zero-shot CLIP with the shipped scorer `demo-clip`: an image's predicted attributes are "
+        "those of the world's caption most similar to it (each attribute read separately, so a right shape in "
+        "the wrong colour counts as right on shape). Standard errors are binomial.",
+        "",
+        f"## Scorer on {s['n']} held-out real images (world seed {s['world_seed']})",
+        "",
+        render(_pct(run.scorer), "markdown"),
+        "",
+        f"## Teacher `{s['model']}` on the captions of {s['n']} held-out scenes",
+        "",
+        f"Sampler `{s['scheduler']}`, {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']} (image i: "
+        "initial noise from `SeedSequence((seed, i))`); an image counts as right when the scorer reads the "
+        "caption's value.",
+        "",
+        render(_pct(run.generation), "markdown"),
+        "",
+        "Quality bar (issue 8): scorer >= 95% on colour and shape of real images; teacher >= 80% on colour and on "
+        "shape separately.",
+    ]
+    if training is not None:
+        lines += [
+            "",
+            "## Training (`prunelab demo-train`, from `prune_lab/demo/training.json`)",
+            "",
+            render(training.round(3), "markdown"),
+        ]
+    if sizes is not None:
+        lines += ["", f"## Shipped weights: {sizes.size_MB.sum():.1f} MB", "", render(sizes.round(2), "markdown")]
+    return "\n".join([*lines, ""])
+
+
+def write_quality_report(run: QualityRun, out: str | Path, command: str) -> tuple[Path, Path]:
+    """Write the Markdown report to `out` and the record as JSON beside it (`.json`), atomically.
+
+    The report includes the training record when `training.json` is installed, and the shipped weights' sizes.
+
+    Returns:
+        the two paths written.
+    """
+    out = Path(out)
+    try:
+        training = training_summary()
+    except FileNotFoundError:
+        training = None
+    write_text(out, quality_report(run, command, training, shipped_sizes()))
+    return out, write_json(out.with_suffix(".json"), run.record())

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .run import MODEL, MODELS, Job, write_text
+from .job import MODEL, MODELS, Job, write_text
 
 BATCH = 32  # images per pipeline call
 

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from ..cli.formatting import render
-from .run import Job, StepRecord, agreement, importance_summary, write_text
+from ..runtime.tables import render
+from .job import Job, StepRecord, agreement, importance_summary, write_text
 from .run_eval import sample_images
 
 #: What each step does, for the timings table.

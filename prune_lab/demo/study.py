@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..runtime.atomic import write_json, write_text
+from ..runtime.tables import render
 from . import PIPELINE_DIR, SAMPLING, distill_student
 
 #: Retraining objectives compared by the study: loss weights passed to `DistillConfig` (BK-SDM Table 3 in small).
@@ -249,3 +252,71 @@ def plot_study(result: dict, path: str | os.PathLike) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def study_report(result: dict, command: str, machine: str, minutes: float) -> str:
+    """The Markdown report of a :func:`run_study` result (`command` regenerates it; it took `minutes` on
+    `machine`)."""
+    c = result["config"]
+    summary = result["summary"].copy()
+    shown = ["model", "unet_params_M"]
+    for name in ("colour", "shape", "colour+shape"):
+        summary[name] = [f"{100 * a:.1f}% ± {100 * se:.1f}" for a, se in zip(summary[name], summary[f"{name}_se"])]
+        shown.append(name)
+    diffs = result["differences"].copy()
+    diffs["difference"] = [f"{100 * d:+.1f} pts ± {100 * se:.1f}" for d, se in zip(diffs["difference"], diffs["se"])]
+    last = {arm: losses.tail(50)["task"].mean() for arm, losses in result["losses"].items()}
+    return "\n".join(
+        [
+            "# BK-SDM in miniature: block removal, then retraining with and without distillation",
+            "",
+            f"Regenerate with `{command.strip()}` ({machine}; this invocation took {minutes:.1f} min: retrained "
+            "arms and measurements already in the work folder are reused, so only the missing ones cost time).",
+            "",
+            f"The student is the `{c['preset']}` preset applied to the shipped demo teacher (`prunelab apply`). Every "
+            f"retraining arm runs `prunelab distill` for the same {c['steps']} steps (batch {c['batch_size']}, "
+            f"AdamW at a constant {c['lr']:g}, no EMA, seed {c['seed']}) on the same {c['data_n']} training scenes; "
+            "only the loss weights differ (task = denoising loss, out-kd = output-level KD, feat-kd = BK-SDM's "
+            "feature-level KD at every stage). Learning rate, batch, data and loss weights are the study's defaults, "
+            "fixed before its first result and never tuned on the outcome.",
+            "",
+            f"Every model draws the captions of the same {c['n']} held-out scenes from the same initial noises "
+            f"(sampler `{c['sampling']['scheduler']}`, {c['sampling']['steps']} steps, guidance "
+            f"{c['sampling']['guidance']}); the shipped `demo-clip` scorer reads colour and shape off each image. "
+            "± values are binomial standard errors.",
+            "",
+            render(summary[shown].round(2), "markdown"),
+            "",
+            "Paired differences in colour+shape accuracy (same captions and noises; ± is the standard error of the "
+            "per-image differences):",
+            "",
+            render(diffs[["a", "b", "difference", "n"]], "markdown"),
+            "",
+            "Mean task loss over the last 50 retraining steps: "
+            + ", ".join(f"{arm} {value:.4f}" for arm, value in last.items())
+            + ".",
+            "",
+            "![accuracy and loss curves](study.png)",
+            "",
+        ]
+    )
+
+
+def write_study_report(result: dict, out: str | os.PathLike, command: str, minutes: float) -> list[Path]:
+    """Write `out/README.md` (:func:`study_report`), `out/results.json` (everything but the loss curves) and
+    `out/study.png` (:func:`plot_study`).
+
+    Returns:
+        the paths written.
+    """
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = plot_study(result, out / "study.png")
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s)"
+    readme = write_text(out / "README.md", study_report(result, command, machine, minutes))
+    record = {**result, "summary": result["summary"].to_dict("records")}
+    record["differences"] = result["differences"].to_dict("records")
+    record.pop("losses")
+    return [readme, write_json(out / "results.json", record), figure]

@@ -413,11 +413,3 @@ def _replace(target: Path, write) -> None:
     with atomic_folder(target, replace=shutil.rmtree) as tmp:
         tmp.rmdir()  # the writers create their folder themselves
         write(tmp)
-
-
-if __name__ == "__main__":
-    import sys
-
-    from ..cli import main
-
-    sys.exit(main(["demo-train", *sys.argv[1:]]))

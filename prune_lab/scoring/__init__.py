@@ -3,36 +3,68 @@
 * what is scored: :func:`score_units` at a `--units` granularity (the backbone's, see
   :func:`prune_lab.backbones.granularities`) -> :class:`ScoreUnit`;
 * with what: :func:`register_criterion` / :func:`list_criteria` / :func:`get_criterion` (`magnitude`, `taylor`,
-  `ablation`, `clip`), all following the contract in :mod:`prune_lab.scoring.registry`;
-* on what data: :mod:`prune_lab.scoring.calibration` (image-text folders, prompts, caches, synthetic);
-* the loop: :func:`run_sweep` (progress, persistence, resume, processes) -> a table (:mod:`.results`).
+  `ablation`, `clip`), all following the contract in :mod:`prune_lab.scoring.registry`, each with typed options
+  (:mod:`prune_lab.scoring.options`, built from flat settings by :func:`criterion_options`);
+* on what data: :mod:`prune_lab.scoring.calibration` (image-text folders, prompts, caches, synthetic), chosen by
+  :func:`calibrate` from a :class:`CalibrationSource`; :func:`build_scoring_inputs` assembles everything;
+* the loop: :func:`run_sweep` (progress, persistence, resume, processes) -> a table (:mod:`.results`);
+  :func:`score_model` runs it all from a model name (`prunelab score`).
 """
 
-from .calibration import (
-    Calibration,
-    DenoisingBatch,
-    calibration_from_folder,
-    calibration_from_prompts,
-    denoising_batches,
-    load_calibration,
-    noise_scheduler,
-    read_prompts,
-    save_calibration,
-    synthetic_calibration,
+from ..runtime.lazy import lazy_exports
+
+# Public names are imported from their submodules on first use: listing criteria (the CLI's help) imports no torch.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".calibration": (
+            "Calibration",
+            "DenoisingBatch",
+            "calibration_from_folder",
+            "calibration_from_prompts",
+            "denoising_batches",
+            "load_calibration",
+            "noise_scheduler",
+            "read_prompts",
+            "save_calibration",
+            "synthetic_calibration",
+        ),
+        ".groups": ("ScoreUnit", "score_units"),
+        ".inputs": ("CalibrationSource", "build_scoring_inputs", "calibrate"),
+        ".options": ("AblationOptions", "ClipOptions", "CriterionOptions", "TaylorOptions"),
+        ".reductions": ("neuron_mean",),
+        ".registry": (
+            "ScoringInputs",
+            "UnitScore",
+            "criterion_options",
+            "get_criterion",
+            "list_criteria",
+            "register_criterion",
+        ),
+        ".results": ("compare_score_files", "rank_agreement", "read_scores", "write_scores"),
+        ".run": ("ScoreRun", "score_model"),
+        ".sweep": ("run_sweep",),
+    },
 )
-from .groups import ScoreUnit, score_units
-from .registry import ScoringInputs, UnitScore, get_criterion, list_criteria, neuron_mean, register_criterion
-from .results import rank_agreement, read_scores, write_scores
-from .sweep import run_sweep
 
 __all__ = [
+    "AblationOptions",
     "Calibration",
+    "CalibrationSource",
+    "ClipOptions",
+    "CriterionOptions",
     "DenoisingBatch",
+    "ScoreRun",
     "ScoreUnit",
     "ScoringInputs",
+    "TaylorOptions",
     "UnitScore",
+    "build_scoring_inputs",
+    "calibrate",
     "calibration_from_folder",
     "calibration_from_prompts",
+    "compare_score_files",
+    "criterion_options",
     "denoising_batches",
     "get_criterion",
     "list_criteria",
@@ -45,6 +77,7 @@ __all__ = [
     "register_criterion",
     "run_sweep",
     "save_calibration",
+    "score_model",
     "score_units",
     "synthetic_calibration",
     "write_scores",

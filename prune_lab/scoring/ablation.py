@@ -8,6 +8,7 @@ import torch
 
 from ..backbones import backbone_for, taken_out
 from .groups import ScoreUnit
+from .options import AblationOptions
 from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion
 
 #: For one unit taken out: (pruned output, full output, target) per calibration batch.
@@ -60,22 +61,24 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     metric="output_mse",
     needs=("batches",),
     description="LAPTOP-Diff output loss: E||eps_pruned - eps_full||^2 with the unit taken out",
+    options=AblationOptions,
 )
 def ablation(inputs: ScoringInputs) -> UnitScorer:
     """Output-level ablation: the one-shot output loss of LAPTOP-Diff (Zhang et al., 2024).
 
     The unit is taken out with analysis-mode surgery (identity or channel-interpolation substitute; a skip is
-    zeroed, or dropped with `options["skip_mode"] = "drop"`) and the U-Net output on the calibration batches is
-    compared with the unpruned output: raw = E_{x,t} mean_elements (ε_pruned − ε_full)², i.e. E‖ε_pruned − ε_full‖²
-    divided by the latent size. `loss_increase` records the rise of the denoising loss against the true target.
-    Higher = more important; `importance` equals the raw score.
+    zeroed, or dropped with :class:`AblationOptions` `skip_mode="drop"`) and the U-Net output on the calibration
+    batches is compared with the unpruned output: raw = E_{x,t} mean_elements (ε_pruned − ε_full)², i.e.
+    E‖ε_pruned − ε_full‖² divided by the latent size. `loss_increase` records the rise of the denoising loss against
+    the true target. Higher = more important; `importance` equals the raw score.
 
-    With `options["prefix_cache"]` (default True, for `UNet2DConditionModel`) the unpruned forward's states are
-    cached once, and each unit's run restarts at the first step it touches: equal to the naive ablation, cheaper.
+    With `prefix_cache` (default True, for `UNet2DConditionModel`) the unpruned forward's states are cached once,
+    and each unit's run restarts at the first step it touches: equal to the naive ablation, cheaper.
     """
     unet, graph = inputs.unet, inputs.graph
-    skip_mode = inputs.options.get("skip_mode", "zero")
-    staged = inputs.options.get("prefix_cache", True) and backbone_for(unet).staged(unet) is not None
+    options = inputs.options_for(AblationOptions)
+    skip_mode = options.skip_mode
+    staged = options.prefix_cache and backbone_for(unet).staged(unet) is not None
     runs = (_prefix_runs if staged else _naive_runs)(inputs)
 
     def score(unit: ScoreUnit) -> UnitScore:

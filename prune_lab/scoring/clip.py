@@ -10,6 +10,7 @@ from ..runtime.atomic import atomic_path
 from ..runtime.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, load_clip
 from ..runtime.generation import generate, initial_latents
 from .groups import ScoreUnit
+from .options import ClipOptions
 from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion
 
 #: `--scheduler` choices (:func:`prune_lab.runtime.samplers.names`; kept for prune_lab.cli, which imports it here).
@@ -27,6 +28,7 @@ def _save(images: list, folder: Path) -> None:
     metric="clip_score",
     needs=("pipeline",),
     description="BK-SDM Fig 5: CLIP score of images generated without the unit (drop = importance)",
+    options=ClipOptions,
 )
 def clip(inputs: ScoringInputs) -> UnitScorer:
     """Generation-level criterion of BK-SDM (Kim et al., 2023, Fig 5; CLIP score of Hessel et al., 2021).
@@ -36,25 +38,23 @@ def clip(inputs: ScoringInputs) -> UnitScorer:
     between image and prompt embeddings (the unpruned `clip_baseline` in the extras). Importance = baseline − raw
     (the drop in CLIP score); higher = more important.
 
-    Options: `clip_model`, `clip_pretrained`, `clip_checkpoint` (:func:`prune_lab.runtime.clip.load_clip`'s; or
-    `clip_scorer`, a loaded :class:`~prune_lab.runtime.clip.ClipScorer`), `scheduler`, `steps`, `guidance`,
-    `batch_size`, `image_dir` (keep every unit's images on disk).
+    Options: :class:`~prune_lab.scoring.options.ClipOptions`.
     """
-    opt, unet, graph = inputs.options, inputs.unet, inputs.graph
+    opt, unet, graph = inputs.options_for(ClipOptions), inputs.unet, inputs.graph
     if not inputs.prompts:
         raise ValueError("the clip criterion needs prompts: pass --prompts FILE")
-    scorer = opt.get("clip_scorer") or load_clip(
-        opt.get("clip_model", DEFAULT_CLIP_MODEL),
-        opt.get("clip_pretrained", DEFAULT_CLIP_PRETRAINED),
-        opt.get("clip_checkpoint"),
+    scorer = opt.scorer or load_clip(
+        opt.clip_model or DEFAULT_CLIP_MODEL,
+        opt.clip_pretrained or DEFAULT_CLIP_PRETRAINED,
+        opt.clip_checkpoint,
         inputs.pipeline.device,
     )
     # config_only: this criterion has always built its sampler from the pipeline's config alone (see
     # prune_lab.runtime.samplers), so its scores stay what they were
-    pipe = samplers.with_sampler(inputs.pipeline, opt.get("scheduler", "pndm"), config_only=True)
+    pipe = samplers.with_sampler(inputs.pipeline, opt.scheduler, config_only=True)
     latents = initial_latents(pipe, len(inputs.prompts), inputs.seed)
-    kwargs = dict(steps=opt.get("steps", 25), guidance=opt.get("guidance", 7.5), batch_size=opt.get("batch_size", 4))
-    image_dir = Path(opt["image_dir"]) if opt.get("image_dir") else None
+    kwargs = dict(steps=opt.steps, guidance=opt.guidance, batch_size=opt.batch_size)
+    image_dir = Path(opt.image_dir) if opt.image_dir else None
 
     def measure(folder: str) -> float:
         images = generate(pipe, inputs.prompts, latents, **kwargs)
@@ -65,7 +65,7 @@ def clip(inputs: ScoringInputs) -> UnitScorer:
     baseline = measure("unpruned")
 
     def score(unit: ScoreUnit) -> UnitScore:
-        with taken_out(unet, unit.members, skip_mode=opt.get("skip_mode", "zero"), graph=graph):
+        with taken_out(unet, unit.members, skip_mode=opt.skip_mode, graph=graph):
             raw = measure(unit.name)
         return UnitScore(raw, baseline - raw, {"clip_baseline": baseline})
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .groups import ScoreUnit
-from .registry import ScoringInputs, UnitScore, UnitScorer, neuron_mean, register_criterion, unit_weights
+from .reductions import neuron_mean, unit_weights
+from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion
 
 
 @register_criterion(

@@ -1,7 +1,9 @@
-"""The criterion registry, the one contract every criterion follows, and the reductions they share.
+"""The criterion registry and the one contract every criterion follows.
 
 A criterion is registered with :func:`register_criterion` and reached only through :func:`get_criterion` /
-:func:`list_criteria` (the CLI's `--criterion` choices and the test parametrisation both come from here).
+:func:`list_criteria` (the CLI's `--criterion` help and the test parametrisation both come from here). Listing is
+import-cheap: the built-in criteria are known by name (:data:`BUILTIN_CRITERIA`) and their modules, which import
+torch, are imported on first lookup.
 
 The contract, in two calls, so that the sweep can persist and resume unit by unit:
 
@@ -11,26 +13,38 @@ The contract, in two calls, so that the sweep can persist and resume unit by uni
    and an `importance` (higher = more important) derived from it.
 
 Both leave the model unchanged (weights, buffers, `requires_grad`, `.grad`) and are deterministic under the
-seed in :class:`ScoringInputs`.
+seed in :class:`ScoringInputs`. A criterion's settings are a typed :class:`~prune_lab.scoring.options.CriterionOptions`
+subclass registered with it.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
+import importlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-import torch.nn as nn
+from .options import CriterionOptions
 
-from ..backbones import backbone_of
-from ..units import Graph
-from .groups import ScoreUnit
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from ..units import Graph
+    from .groups import ScoreUnit
 
 #: What a criterion may need beyond the model: denoising batches, or a pipeline plus prompts.
 NEEDS = ("batches", "pipeline")
+#: Built-in criteria -> the module whose import registers it (imported on first lookup of any of them).
+BUILTIN_CRITERIA: dict[str, str] = {
+    "ablation": ".ablation",
+    "clip": ".clip",
+    "magnitude": ".magnitude",
+    "taylor": ".taylor",
+}
+
+OptionsT = TypeVar("OptionsT", bound=CriterionOptions)
 
 
 @dataclass
@@ -43,8 +57,10 @@ class ScoringInputs:
         batches: denoising inputs for data-driven criteria (see :mod:`prune_lab.scoring.calibration`).
         pipeline: a diffusers pipeline whose `.unet` is `unet` (generation-based criteria).
         prompts: prompts for generation-based criteria.
-        options: criterion settings (`skip_mode`, `prefix_cache`, `gradient_checkpointing`, CLIP settings ...).
+        options: typed criterion settings, at most one instance per class (:func:`criterion_options` builds them
+            from flat settings); a criterion without an instance of its class uses the defaults.
         seed: the seed every random draw derives from.
+        calibration: where `batches` came from (recorded with the scores), when known.
     """
 
     unet: nn.Module
@@ -52,8 +68,41 @@ class ScoringInputs:
     batches: list | None = None
     pipeline: Any | None = None
     prompts: list[str] | None = None
-    options: dict = field(default_factory=dict)
+    options: Sequence[CriterionOptions] = ()
     seed: int = 0
+    calibration: str | None = None
+
+    def __post_init__(self) -> None:
+        self.options = tuple(self.options)
+        for i, option in enumerate(self.options):
+            if not isinstance(option, CriterionOptions):
+                raise TypeError(
+                    f"ScoringInputs.options takes CriterionOptions instances, got {option!r}; build them from "
+                    "settings with prune_lab.scoring.criterion_options"
+                )
+            if any(type(other) is type(option) for other in self.options[:i]):
+                raise ValueError(f"ScoringInputs.options holds two {type(option).__name__}; pass one")
+
+    def options_for(self, kind: type[OptionsT]) -> OptionsT:
+        """The given options of class `kind`, else its defaults."""
+        given = next((o for o in self.options if type(o) is kind), None)
+        return kind() if given is None else given
+
+    def with_options(self, **changes: Any) -> ScoringInputs:
+        """A copy whose options of every registered criterion that declares a changed field take the new value.
+
+        Raises:
+            ValueError: a field no registered criterion declares.
+        """
+        kinds = dict.fromkeys([*(type(o) for o in self.options), *_option_classes()])
+        _check_fields(changes, kinds)
+        options = []
+        for kind in kinds:
+            mine = {k: v for k, v in changes.items() if k in _fields(kind)}
+            given = next((o for o in self.options if type(o) is kind), None)
+            if mine or given is not None:
+                options.append(dataclasses.replace(given or kind(), **mine))
+        return dataclasses.replace(self, options=tuple(options))
 
 
 @dataclass(frozen=True)
@@ -65,7 +114,7 @@ class UnitScore:
     extras: dict[str, float] = field(default_factory=dict)
 
 
-UnitScorer = Callable[[ScoreUnit], UnitScore]
+UnitScorer = Callable[["ScoreUnit"], UnitScore]
 
 
 @dataclass(frozen=True)
@@ -78,6 +127,7 @@ class Criterion:
         needs: inputs it requires beyond the model (subset of :data:`NEEDS`).
         build: `build(inputs) -> scorer`, see the module docstring.
         description: one line, with the source it follows.
+        options: the class of its settings (:class:`~prune_lab.scoring.options.CriterionOptions`: none).
     """
 
     name: str
@@ -85,109 +135,103 @@ class Criterion:
     needs: tuple[str, ...]
     build: Callable[[ScoringInputs], UnitScorer]
     description: str
+    options: type[CriterionOptions] = CriterionOptions
 
 
 _CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, *, metric: str, needs: Iterable[str] = (), description: str = ""):
-    """Decorator registering `build(inputs) -> scorer` as criterion `name`."""
+def register_criterion(
+    name: str,
+    *,
+    metric: str,
+    needs: Iterable[str] = (),
+    description: str = "",
+    options: type[CriterionOptions] = CriterionOptions,
+):
+    """Decorator registering `build(inputs) -> scorer` as criterion `name`, with its options class."""
     needs = tuple(needs)
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"criterion {name!r} needs unknown inputs {sorted(unknown)}; choose from {NEEDS}")
+    if not (isinstance(options, type) and issubclass(options, CriterionOptions)):
+        raise TypeError(f"criterion {name!r}: options must be a CriterionOptions subclass, got {options!r}")
 
     def wrap(build: Callable[[ScoringInputs], UnitScorer]):
-        _CRITERIA[name] = Criterion(name, metric, needs, build, description or (build.__doc__ or "").split("\n")[0])
+        summary = description or (build.__doc__ or "").split("\n")[0]
+        _CRITERIA[name] = Criterion(name, metric, needs, build, summary, options)
         return build
 
     return wrap
 
 
-def _load_builtin() -> None:
-    from . import ablation, clip, magnitude, taylor  # noqa: F401  (registration side effect)
+def _load(names: Iterable[str]) -> None:
+    for name in names:
+        if name in BUILTIN_CRITERIA and name not in _CRITERIA:
+            importlib.import_module(BUILTIN_CRITERIA[name], __package__)
 
 
 def list_criteria() -> list[str]:
-    """Registered criterion names, sorted."""
-    _load_builtin()
-    return sorted(_CRITERIA)
+    """Registered criterion names, sorted (import-cheap: built-in modules are not imported)."""
+    return sorted({*BUILTIN_CRITERIA, *_CRITERIA})
 
 
 def get_criterion(name: str) -> Criterion:
-    """The criterion registered as `name`.
+    """The criterion registered as `name` (a built-in one's module is imported here).
 
     Raises:
         ValueError: unknown name (with the closest registered name and the full list).
     """
-    _load_builtin()
+    _load([name])
     if name not in _CRITERIA:
-        close = difflib.get_close_matches(name, list(_CRITERIA), n=1)
+        import difflib
+
+        close = difflib.get_close_matches(name, list_criteria(), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown criterion {name!r}; {hint}choose from: {', '.join(sorted(_CRITERIA))}")
+        raise ValueError(f"unknown criterion {name!r}; {hint}choose from: {', '.join(list_criteria())}")
     return _CRITERIA[name]
 
 
-# ---------------------------------------------------------------------------------------------------- reductions
+# ------------------------------------------------------------------------------------------------------ options
 
 
-@dataclass(frozen=True)
-class WeightSlice:
-    """A weight layer of a unit, optionally restricted to some input columns (a skip's channels).
-
-    Attributes:
-        path: module path of the `Conv2d` / `Linear`.
-        weight: its weight parameter, (out, in, *kernel) or (out, in).
-        in_slice: input-channel slice the unit owns (all of them unless the unit is a skip).
-    """
-
-    path: str
-    weight: nn.Parameter
-    in_slice: slice = field(default_factory=lambda: slice(None))
+def _fields(kind: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(kind)}
 
 
-def _weight_layers(module: nn.Module, prefix: str) -> list[WeightSlice]:
-    return [
-        WeightSlice(f"{prefix}.{name}" if name else prefix, m.weight)
-        for name, m in module.named_modules()
-        if isinstance(m, nn.Conv2d | nn.Linear) and m.weight is not None
-    ]
+def _option_classes() -> list[type[CriterionOptions]]:
+    """The options class of every registered criterion (built-ins imported), without repeats."""
+    _load(BUILTIN_CRITERIA)
+    return list(dict.fromkeys(_CRITERIA[name].options for name in list_criteria()))
 
 
-def unit_weights(unet: nn.Module, graph: Graph, unit: ScoreUnit) -> list[WeightSlice]:
-    """Every weight layer a unit owns: convolutions and linear layers (attention projections included).
-
-    A group owns its members' layers; a skip owns the input columns its channels feed in the consumer's `conv1`
-    and `conv_shortcut` (the weights that would go if the skip were dropped).
-    """
-    out: list[WeightSlice] = []
-    for name in backbone_of(graph).expand_removal(graph, unit.members):
-        atom = graph[name]
-        if atom.kind != "skip":
-            out.extend(_weight_layers(unet.get_submodule(name), name))
-            continue
-        consumer = unet.get_submodule(atom.consumer)
-        columns = slice(graph[atom.consumer].in_channels - atom.out_channels, None)
-        for attr in ("conv1", "conv_shortcut"):
-            layer = getattr(consumer, attr, None)
-            if layer is not None:
-                out.append(WeightSlice(f"{atom.consumer}.{attr}", layer.weight, columns))
-    return out
+def _check_fields(values: Mapping[str, Any], kinds: Iterable[type]) -> None:
+    known = set().union(*(_fields(k) for k in kinds))
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown criterion option(s) {', '.join(unknown)}; the criteria take: {', '.join(sorted(known))}"
+        )
 
 
-def neuron_mean(rows: Iterable[torch.Tensor]) -> float:
-    """E_{l,i} Σ_j X^l_ij: sum each layer's tensor over everything but the output axis, average over all neurons.
+def criterion_options(
+    values: Mapping[str, Any], criteria: Iterable[str] | None = None
+) -> tuple[CriterionOptions, ...]:
+    """Typed options from flat settings: each criterion's options class takes the fields it declares.
 
     Args:
-        rows: per layer l a tensor (out_l, ...) (convolutions are flattened over (in, kh, kw)).
+        values: field -> value (`skip_mode`, `prefix_cache`, `clip_model` ...); a field several classes declare
+            (`skip_mode`) goes to each of them.
+        criteria: whose options to build (default: every registered criterion).
 
-    Returns:
-        the mean over all output neurons i of all layers l (pooled) of the per-neuron sums; 0.0 for no layers.
+    Raises:
+        ValueError: a field no registered criterion declares, or an unknown criterion.
     """
-    sums = [t.detach().reshape(t.shape[0], -1).float().sum(dim=1).double() for t in rows]
-    if not sums:
-        return 0.0
-    return float(torch.cat(sums).mean())
+    kinds = _option_classes()
+    _check_fields(values, kinds)
+    names = list_criteria() if criteria is None else list(criteria)
+    wanted = dict.fromkeys(get_criterion(name).options for name in names)
+    return tuple(kind(**{k: v for k, v in values.items() if k in _fields(kind)}) for kind in wanted if _fields(kind))
 
 
 def check_finite(criterion: str, unit: str, value: float) -> float:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
 
 import pandas as pd
 
+from ..runtime.atomic import write_text
 from .groups import ScoreUnit
 
 COLUMNS = ["name", "label", "kind", "params", "macs", "substitute", "criterion", "metric", "raw", "importance", "rank"]
@@ -69,25 +69,13 @@ def build_table(
     return df
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_scores(df: pd.DataFrame, path: str | os.PathLike, meta: dict | None = None) -> tuple[Path, Path]:
     """Write `path` (CSV) and the same rows as JSON beside it (`{"meta": ..., "scores": [...]}`), atomically."""
     path = Path(path)
     json_path = path.with_suffix(".json")
-    _atomic_write(path, df.to_csv(index=False))
+    write_text(path, df.to_csv(index=False))
     records = json.loads(df.to_json(orient="records"))
-    _atomic_write(json_path, json.dumps({"meta": meta or {}, "scores": records}, indent=1) + "\n")
+    write_text(json_path, json.dumps({"meta": meta or {}, "scores": records}, indent=1) + "\n")
     return path, json_path
 
 
@@ -149,6 +137,15 @@ def rank_agreement(tables: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def compare_score_files(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """:func:`rank_agreement` between the criteria of score files (each named by its file stem).
+
+    Raises:
+        FileNotFoundError / ValueError: a missing file or not a score table; fewer than two criteria in all.
+    """
+    return rank_agreement([(Path(p).stem, read_scores(p)) for p in paths])
 
 
 def unit_macs(unet, graph=None) -> dict[str, int] | None:

@@ -8,7 +8,9 @@ import torch
 import torch.nn as nn
 
 from .groups import ScoreUnit
-from .registry import ScoringInputs, UnitScore, UnitScorer, neuron_mean, register_criterion, unit_weights
+from .options import TaylorOptions
+from .reductions import neuron_mean, unit_weights
+from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion
 
 
 @contextmanager
@@ -41,7 +43,7 @@ def accumulated_gradients(inputs: ScoringInputs, weights: list[nn.Parameter]) ->
     unet = inputs.unet
     device = next(unet.parameters()).device
     total = sum(b.target.shape[0] for b in inputs.batches)
-    with _gradients_of(unet, weights, inputs.options.get("gradient_checkpointing", False)):
+    with _gradients_of(unet, weights, inputs.options_for(TaylorOptions).gradient_checkpointing):
         for batch in inputs.batches:
             batch = batch.to(device)
             pred = unet(**batch.inputs).sample
@@ -55,14 +57,15 @@ def accumulated_gradients(inputs: ScoringInputs, weights: list[nn.Parameter]) ->
     metric="mean_abs_grad_weight",
     needs=("batches",),
     description="BK-SDM §5.4: E over weight layers and output neurons of sum |dL/dW * W|",
+    options=TaylorOptions,
 )
 def taylor(inputs: ScoringInputs) -> UnitScorer:
     """First-order Taylor criterion of BK-SDM (Kim et al., 2023, §5.4; Molchanov et al., 2019).
 
     S_b = E_{l,i} Σ_j |∂L/∂W^{l,b}_ij · W^{l,b}_ij| over the unit's weight layers l (as for `magnitude`) and their
     output neurons i, with L the denoising loss (MSE to the scheduler's target) averaged over the calibration set.
-    All units come from the same backward passes (one per batch); `options["gradient_checkpointing"]` trades
-    compute for memory. Higher = more important; `importance` equals the raw score.
+    All units come from the same backward passes (one per batch); :class:`TaylorOptions` `gradient_checkpointing`
+    trades compute for memory. Higher = more important; `importance` equals the raw score.
     """
     unet, graph = inputs.unet, inputs.graph
     weights = [m.weight for m in unet.modules() if isinstance(m, nn.Conv2d | nn.Linear) and m.weight is not None]

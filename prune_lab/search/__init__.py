@@ -4,11 +4,12 @@
 * what it costs: :func:`importance_from_scores` (additive importance lost), :func:`build_cost_model` (predicted
   savings from the reporter's per-unit counts), :func:`unit_latency` (per-unit timings);
 * how to choose: the strategy registry (:func:`register_strategy`, :func:`list_strategies`: `greedy`, `topk`);
-* the entry points: :func:`parse_budget`, :func:`build_problem`, :func:`search`, :func:`pareto_front`.
+* the entry points: :func:`parse_budget` (from :mod:`prune_lab.runtime.budget`), :func:`build_problem`,
+  :func:`search`, :func:`pareto_front`.
 """
 
+from ..runtime.budget import RESOURCES, Budget, Resource, get_resource, parse_budget
 from ..units import Move
-from .budget import RESOURCES, Budget, Resource, get_resource, parse_budget
 from .costs import CostModel, build_cost_model, exact_costs
 from .importance import Importance, importance_from_scores
 from .latency import UnitLatency, unit_latency

@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..plots import _save
-from .budget import RESOURCES
+from ..runtime.budget import RESOURCES
 
 
 def plot_front(df: pd.DataFrame, resource: str, path: str | os.PathLike) -> Path:
@@ -36,7 +36,7 @@ def plot_front(df: pd.DataFrame, resource: str, path: str | os.PathLike) -> Path
         ax.annotate(
             name + suffix, (row[column], row["importance_lost"]), xytext=(4, 4), textcoords="offset points", fontsize=8
         )
-    ax.set_xlabel(f"{RESOURCES[resource].description} kept (% of the unpruned model)")
+    ax.set_xlabel(f"{RESOURCES.get(resource).description} kept (% of the unpruned model)")
     ax.set_ylabel("importance lost (sum over removed units)")
     ax.invert_xaxis()
     ax.grid(alpha=0.3)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..backbones import create_plan, list_presets, model_family, walk
 from ..plan import Plan, expand_keep
 from ..report import LatencySettings, profile_unet
-from .budget import RESOURCES, Budget
+from ..runtime.budget import RESOURCES, Budget
 from .costs import PROFILED, build_cost_model, exact_costs
 from .importance import importance_from_scores
 from .latency import unit_latency
@@ -145,7 +145,7 @@ def _cheaper_finish(problem: Problem, before: frozenset, step_lost: float, resou
 
 
 def _infeasible(problem: Problem, budget: Budget, strategy: str, closest: dict | None) -> ValueError:
-    resource = RESOURCES[budget.resource]
+    resource = RESOURCES.get(budget.resource)
     base = problem.costs.base[budget.resource]
     if closest is None:
         return ValueError(

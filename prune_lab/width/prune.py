@@ -27,33 +27,62 @@ TARGET_METRICS = ("params",)
 
 @dataclass(frozen=True)
 class Target:
-    """A budget: keep `fraction` of the base model's `metric` (`params=0.5` keeps half the parameters)."""
+    """A parameter budget: keep `fraction` of the base model's `metric` (`params=0.5`), or at most `amount` of it
+    (`params=480M`).
+
+    Attributes:
+        metric: what is budgeted (:data:`TARGET_METRICS`).
+        fraction: the share of the base model kept, in (0, 1); None for an absolute budget.
+        amount: the absolute bound (parameters), when `fraction` is None.
+    """
 
     metric: str
-    fraction: float
+    fraction: float | None = None
+    amount: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> Target:
-        """`params=0.5` -> Target("params", 0.5).
+        """`plan --target`'s grammar (:func:`prune_lab.runtime.budget.parse_budget`) for the metrics width pruning
+        supports: `params=0.5`, `params=50%` -> a fraction; `params=480M` -> an amount.
 
         Raises:
-            ValueError: not `METRIC=FRACTION`, an unknown metric, or a fraction outside (0, 1).
+            ValueError: not `METRIC=VALUE`, an unknown metric or unit, a fraction outside (0, 1).
         """
-        metric, sep, value = str(text).partition("=")
-        try:
-            fraction = float(value)
-        except ValueError:
-            fraction = None
-        if not sep or fraction is None:
-            raise ValueError(f"--target {text!r} is not METRIC=FRACTION; write e.g. params=0.5")
-        if metric not in TARGET_METRICS:
-            raise ValueError(f"--target metric {metric!r} is not supported; use one of {', '.join(TARGET_METRICS)}")
-        if not 0 < fraction < 1:
-            raise ValueError(f"--target fraction must be in (0, 1), got {fraction}")
-        return cls(metric, fraction)
+        from ..runtime.budget import parse_budget, split_budget
+
+        metric, sep, _ = str(text).partition("=")
+        if not sep:
+            raise ValueError(
+                f"--target {text!r} is not METRIC=FRACTION; write e.g. params=0.5, params=50% or params=480M"
+            )
+        if metric.strip() not in TARGET_METRICS:
+            raise ValueError(
+                f"--target metric {metric.strip()!r} is not supported; use one of {', '.join(TARGET_METRICS)}"
+            )
+        _, number, unit = split_budget(str(text))
+        if unit == "" and not 0 < number < 1:
+            raise ValueError(f"--target fraction must be in (0, 1), got {number:g}")
+        budget = parse_budget(str(text))
+        if budget.fraction:
+            return cls(budget.resource, budget.value)
+        return cls(budget.resource, amount=budget.value)
+
+    def limit(self, base: float) -> int:
+        """The bound in the metric's units for a base model of `base`.
+
+        Raises:
+            ValueError: an absolute amount the base model already meets (nothing to prune).
+        """
+        if self.fraction is not None:
+            return int(self.fraction * base)
+        if self.amount >= base:
+            raise ValueError(f"--target {self}: the model has only {base / 1e6:,.2f}M {self.metric}; nothing to prune")
+        return int(self.amount)
 
     def __str__(self) -> str:
-        return f"{self.metric}={self.fraction:g}"
+        if self.fraction is not None:
+            return f"{self.metric}={self.fraction:g}"
+        return f"{self.metric}={self.amount / 1e6:g}M"
 
 
 @dataclass
@@ -144,7 +173,7 @@ def width_prune(
     Args:
         unet: a diffusers U-Net with real weights, unpruned (its config describes its widths).
         criterion: a :data:`~prune_lab.width.criteria.WIDTH_CRITERIA` name.
-        target: the parameter budget, as a fraction of `unet`'s.
+        target: the parameter budget (a fraction of `unet`'s, or an amount).
         round_to: every pruned width stays a multiple of this (None: only GroupNorm groups and heads are kept).
         calibration / scheduler: clean latents + conditioning and the noise schedule, for criteria that need
             gradients (`taylor`).
@@ -167,10 +196,11 @@ def width_prune(
             f"criterion {criterion!r} needs calibration data (--calib-dir, --prompts, --calib-cache or --synthetic)"
         )
     base = count_params(unet)
+    budget = target.limit(base)
     unet.requires_grad_(True)
     pruner = build_pruner(unet, spec.importance())
     groups = channel_groups(pruner, round_to)
-    search = search_ratio(unet, [g for g, _ in groups], int(target.fraction * base))
+    search = search_ratio(unet, [g for g, _ in groups], budget)
     gradients = None
     if spec.needs_gradients:
         gradients = accumulate_gradients(unet, calibration, scheduler, taylor or TaylorSettings(), progress)

@@ -1,10 +1,15 @@
-"""Rendering DataFrames for the terminal: table, markdown, csv, json."""
+"""Rendering DataFrames as text: table, markdown, csv, json (the CLI's `--format`, the Markdown reports).
+
+Import-cheap: pandas is imported by the callers that hold a DataFrame.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMATS = ("table", "markdown", "csv", "json")
 

@@ -1,0 +1,198 @@
+"""One demo run's settings, work folder and step bookkeeping, and the summaries its report shows.
+
+Shared by the steps (:mod:`.run`), the evaluation (:mod:`.run_eval`) and the report (:mod:`.run_report`); imports none
+of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..runtime.atomic import write_text as atomic_write_text
+from . import CLIP_DIR, PIPELINE_DIR, SAMPLING
+
+MODEL = "demo"
+#: The models the job evaluates, in report order.
+MODELS = ("teacher", "pruned", "distilled")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Sizes and settings of one demo run (the defaults fit ~15 minutes on a 2-core CPU).
+
+    Attributes:
+        train_scenes: demo-world training scenes written for calibration and distillation.
+        calib_samples / timesteps / score_batch: calibration images, sampled timesteps per image, batch size of the
+            denoising criteria (taylor, ablation).
+        clip_prompts: held-out captions the clip criterion generates for each unit.
+        steps / guidance / scheduler: sampling for every generation (:data:`prune_lab.demo.SAMPLING`).
+        budget: the plan search target (`prunelab plan --target`); plan_criterion: whose scores it reads.
+        distill_steps / distill_batch / lr: the short distillation (BK-SDM feature KD, constant lr).
+        eval_samples: held-out captions each model draws for caption accuracy (and FID, when `fid`).
+        seed: every random draw derives from it.
+    """
+
+    train_scenes: int = 1024
+    calib_samples: int = 32
+    timesteps: int = 2
+    score_batch: int = 16
+    clip_prompts: int = 8
+    steps: int = SAMPLING["steps"]
+    guidance: float = SAMPLING["guidance"]
+    scheduler: str = SAMPLING["scheduler"]
+    budget: str = "params=0.6"
+    plan_criterion: str = "ablation"
+    distill_steps: int = 200
+    distill_batch: int = 16
+    lr: float = 3e-4
+    eval_samples: int = 128
+    fid: bool = True
+    seed: int = 0
+
+
+#: `--quick`: tiny sizes that still run every step (tests, smoke runs); its numbers mean nothing.
+QUICK = RunConfig(
+    train_scenes=16,
+    calib_samples=4,
+    timesteps=1,
+    score_batch=4,
+    clip_prompts=1,
+    steps=1,
+    distill_steps=2,
+    distill_batch=4,
+    eval_samples=4,
+    fid=False,
+)
+
+
+def weights_digest(folders: tuple[Path, ...] = (PIPELINE_DIR, CLIP_DIR)) -> str:
+    """SHA-256 over the shipped weights and configs (retrained weights give a new digest, hence a new work folder).
+
+    Raises:
+        FileNotFoundError: the demo weights are not installed.
+    """
+    h = hashlib.sha256()
+    for folder in folders:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json"))
+        if not files:
+            raise FileNotFoundError(f"no demo weights in {folder}; train them with `prunelab demo-train`")
+        for path in files:
+            h.update(str(path.relative_to(folder.parent)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def run_key(config: RunConfig, digest: str) -> str:
+    """Short hash of the settings and the weights: the name of a run's folder under the work folder."""
+    text = json.dumps({"config": asdict(config), "weights": digest}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` atomically (:func:`prune_lab.runtime.atomic.write_text`)."""
+    return atomic_write_text(path, text)
+
+
+@dataclass
+class StepRecord:
+    """What a step did in this run: `ran` or `reused` (its outputs were there), and the seconds its outputs took."""
+
+    step: str
+    status: str
+    seconds: float
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    """One demo run: its settings, folders and step records.
+
+    Attributes:
+        config: the sizes; work: this run's folder (``<--work>/<run_key>``); out: where the report goes.
+        progress: show tqdm bars; records: one per step done so far (see :meth:`once`); bar: the run's step bar;
+            started: when this invocation began (`time.perf_counter`).
+    """
+
+    config: RunConfig
+    work: Path
+    out: Path
+    progress: bool = True
+    records: list[StepRecord] = field(default_factory=list)
+    bar: Any = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def path(self, *parts: str) -> Path:
+        return self.work.joinpath(*parts)
+
+    def _timings(self) -> dict:
+        file = self.path("timings.json")
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def once(self, step: str, outputs: list[Path], compute: Callable[[], object]) -> StepRecord:
+        """Run `compute` unless every output exists; record the step (and the time it took when it ran)."""
+        timings = self._timings()
+        if self.bar is not None:
+            self.bar.set_postfix_str(step)
+        if all(p.exists() for p in outputs):
+            record = StepRecord(step, "reused", timings.get(step, float("nan")), [str(p) for p in outputs])
+        else:
+            start = time.perf_counter()
+            compute()
+            missing = [p for p in outputs if not p.exists()]
+            if missing:
+                raise RuntimeError(f"step {step} did not write {missing[0]}")
+            record = StepRecord(step, "ran", time.perf_counter() - start, [str(p) for p in outputs])
+            write_text(self.path("timings.json"), json.dumps({**timings, step: record.seconds}, indent=1))
+        self.records.append(record)
+        if self.bar is not None:
+            self.bar.update(1)
+        return record
+
+    def record_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(r) for r in self.records], columns=["step", "status", "seconds", "outputs"])
+
+
+def open_job(config: RunConfig, work: str | os.PathLike, out: str | os.PathLike, progress: bool = True) -> Job:
+    """The job for `config` in ``work/<run_key>`` (created; a folder from a killed run with the same key is reused)."""
+    folder = Path(work) / run_key(config, weights_digest())
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "config.json", json.dumps(asdict(config), indent=1) + "\n")
+    return Job(config, folder, Path(out), progress)
+
+
+def importance_summary(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per criterion: the most and least important unit and the ratio of their importances (NaN when the least
+    is not positive: removing it helped)."""
+    rows = []
+    for criterion, part in scores.groupby("criterion", sort=False):
+        top, bottom = part.loc[part["importance"].idxmax()], part.loc[part["importance"].idxmin()]
+        ratio = top["importance"] / bottom["importance"] if bottom["importance"] > 0 else float("nan")
+        rows.append(
+            {
+                "criterion": criterion,
+                "units": len(part),
+                "most": top["name"],
+                "most_importance": top["importance"],
+                "least": bottom["name"],
+                "least_importance": bottom["importance"],
+                "max_min_ratio": ratio,
+                "non_positive": int((part["importance"] <= 0).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def agreement(scores: pd.DataFrame) -> pd.DataFrame:
+    """Kendall tau and Spearman rho between every two criteria (:func:`prune_lab.scoring.rank_agreement`)."""
+    from ..scoring import rank_agreement
+
+    return rank_agreement([("scores", scores)])
