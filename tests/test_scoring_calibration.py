@@ -9,15 +9,14 @@ import torch
 from PIL import Image
 
 from prune_lab.models import load_unet
-from prune_lab.runtime.readers import read_image_text
+from prune_lab.runtime.readers import read_image_text, read_prompt_lines
+from prune_lab.runtime.schedule import noise_scheduler
 from prune_lab.scoring import (
     Calibration,
     calibration_from_folder,
     calibration_from_prompts,
     denoising_batches,
     load_calibration,
-    noise_scheduler,
-    read_prompts,
     save_calibration,
     synthetic_calibration,
 )
@@ -64,9 +63,9 @@ def test_bad_folders_and_prompt_files(tmp_path):
         read_image_text(folder)
     (tmp_path / "p.txt").write_text("\n \n")
     with pytest.raises(ValueError, match="is empty; put one prompt per line"):
-        read_prompts(tmp_path / "p.txt")
+        read_prompt_lines(tmp_path / "p.txt")
     (tmp_path / "p.txt").write_text(" a cat \n\nsky\n")
-    assert read_prompts(tmp_path / "p.txt") == ["a cat", "sky"]
+    assert read_prompt_lines(tmp_path / "p.txt") == ["a cat", "sky"]
 
 
 def test_data_free_calibration_generates_latents_with_the_model(pipe):

@@ -23,7 +23,8 @@ from prune_lab.distill.recipe import DistillConfig, DistillRecipe
 from prune_lab.formats import PRUNED_MARKER
 from prune_lab.report import compare, comparison_frame
 from prune_lab.runtime.loading import LoadedModel
-from prune_lab.scoring.calibration import Calibration, noise_scheduler, synthetic_calibration
+from prune_lab.runtime.schedule import noise_scheduler
+from prune_lab.scoring.calibration import Calibration, synthetic_calibration
 from prune_lab.width import (
     WIDTH_CRITERIA,
     Target,

@@ -35,9 +35,6 @@ from ..runtime.atomic import atomic_path, write_json
 from ..runtime.generation import sample
 from .images import image_name
 
-#: `--scheduler` choices (:func:`prune_lab.runtime.samplers.names`; kept for prune_lab.cli, which imports it here).
-SCHEDULERS = tuple(samplers.names())
-
 #: Image formats by extension (JPEG at PIL's default quality 75 is what BK-SDM's scripts wrote).
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
 

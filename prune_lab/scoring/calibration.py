@@ -25,14 +25,10 @@ import torch.nn as nn
 from .. import pipelines
 from ..runtime.atomic import write_with
 from ..runtime.generation import initial_latents, sample
-from ..runtime.readers import crop_tensor, read_image_text, read_prompt_lines, read_rgb
-from ..runtime.schedule import noise_scheduler as noise_scheduler  # re-exported: prune_lab.cli imports it here
+from ..runtime.readers import crop_tensor, read_image_text, read_rgb
 from ..runtime.schedule import training_target
 
 CACHE_FORMAT = "prune_lab.calibration"
-
-#: scoring's name for :func:`prune_lab.runtime.readers.read_prompt_lines` (prune_lab.cli imports it from here)
-read_prompts = read_prompt_lines
 
 
 @dataclass

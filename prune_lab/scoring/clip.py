@@ -13,9 +13,6 @@ from .groups import ScoreUnit
 from .options import ClipOptions
 from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion
 
-#: `--scheduler` choices (:func:`prune_lab.runtime.samplers.names`; kept for prune_lab.cli, which imports it here).
-SCHEDULERS = tuple(samplers.names())
-
 
 def _save(images: list, folder: Path) -> None:
     for i, image in enumerate(images):

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..runtime.readers import read_prompt_lines
+from ..runtime.schedule import noise_scheduler
 from .calibration import (
     Calibration,
     calibration_from_folder,
@@ -22,8 +24,6 @@ from .calibration import (
     denoising_batches,
     load_calibration,
     load_pipeline,
-    noise_scheduler,
-    read_prompts,
     save_calibration,
     synthetic_calibration,
 )
@@ -85,7 +85,9 @@ def _read(loaded, source: CalibrationSource, pipeline) -> Calibration:
     if kind == "folder":
         return calibration_from_folder(pipeline, source.folder, samples=source.samples, **common)
     generation = {k: v for k, v in (("steps", source.steps), ("guidance", source.guidance)) if v is not None}
-    return calibration_from_prompts(pipeline, read_prompts(source.prompts)[: source.samples], **common, **generation)
+    return calibration_from_prompts(
+        pipeline, read_prompt_lines(source.prompts)[: source.samples], **common, **generation
+    )
 
 
 def calibrate(loaded, source: CalibrationSource, *, pipeline=None, needed_by: str = "this command"):
@@ -171,7 +173,7 @@ def build_scoring_inputs(
         )
         where = calib.source
     if prompts is None and "pipeline" in needs and source.prompts:
-        prompts = read_prompts(source.prompts)[: source.samples]
+        prompts = read_prompt_lines(source.prompts)[: source.samples]
     if isinstance(options, Mapping):
         options = criterion_options(options, criteria or None)
     seed = source.seed if seed is None else seed
