@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from ..runtime import samplers
 from ..runtime.tables import render
 
 
@@ -188,7 +189,7 @@ def register(subparsers) -> None:
     q.add_argument("--clip-checkpoint", type=Path, help="demo-clip weights (default: the shipped ones)")
     q.add_argument("-n", "--n", type=int, default=500, help="held-out scenes (real images and captions)")
     q.add_argument("--world-seed", type=int, default=0)
-    q.add_argument("--scheduler", default=SAMPLING["scheduler"], help="sampler (prunelab generate's names)")
+    q.add_argument("--scheduler", choices=samplers.names(), default=SAMPLING["scheduler"], help="sampler")
     q.add_argument("--steps", type=int, default=SAMPLING["steps"])
     q.add_argument("--guidance", type=float, default=SAMPLING["guidance"])
     q.add_argument("--seed", type=int, default=0, help="initial-noise seed")

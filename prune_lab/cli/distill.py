@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..backbones import feature_scopes
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 
 #: accelerate's `mixed_precision` name of each canonical dtype (`--mixed-precision` takes every spelling, or `no`).
@@ -97,6 +98,7 @@ def _distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-feat", type=float, help="weight of the feature-level KD loss (default 1)")
     p.add_argument(
         "--feature-layers",
+        choices=[*feature_scopes(), "none"],
         help="stages: every stage output (BK-SDM, default); units: every kept unit (SSD-1B); none",
     )
     p.add_argument(

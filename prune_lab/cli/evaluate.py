@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..runtime import samplers
 from ..runtime.dtypes import DTYPE_NAMES
 from ..runtime.tables import FORMATS, render
 
@@ -163,7 +164,7 @@ def _register_generate(subparsers) -> None:
     p.add_argument("--out", required=True, help="image folder; existing images are kept and skipped")
     p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25, as BK-SDM)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--scheduler", default="pndm", help="sampler (default pndm; an unknown name lists the choices)")
+    p.add_argument("--scheduler", choices=samplers.names(), default="pndm", help="sampler (default pndm)")
     p.add_argument("--resolution", type=int, help="square image side (default: the model's, 512 for SD-v1)")
     p.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call (images do not depend on it)")
     p.add_argument("--seed", type=int, default=0, help="base seed; prompt i uses SeedSequence((seed, i))")

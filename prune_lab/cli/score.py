@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..backbones import granularities
+from ..runtime import samplers
 from ..runtime.dtypes import DTYPE_NAMES
 from ..runtime.tables import FORMATS, render
 from ..scoring.options import AblationOptions, ClipOptions
@@ -125,8 +126,9 @@ def _criterion_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-checkpoint", help="local open_clip checkpoint (needed offline)")
     g.add_argument(
         "--scheduler",
+        choices=samplers.names(),
         default=ClipOptions.scheduler,
-        help=f"sampler for generation (default {ClipOptions.scheduler}; an unknown name lists the choices)",
+        help=f"sampler for generation (default {ClipOptions.scheduler})",
     )
     g.add_argument(
         "--steps",
