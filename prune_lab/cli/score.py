@@ -12,26 +12,9 @@ from ..runtime.dtypes import DTYPE_NAMES
 from ..runtime.tables import FORMATS, render
 from ..scoring.options import AblationOptions, ClipOptions
 from ..scoring.registry import list_criteria
+from .calibration import add_calibration_args, calibration_source
 
 SHOWN = ["name", "label", "kind", "criterion", "raw", "importance", "rank"]
-
-
-def _calibration(args: argparse.Namespace):
-    """Where the calibration comes from (cache > image folder > synthetic > prompts, data-free)."""
-    from ..scoring.inputs import CalibrationSource
-
-    return CalibrationSource(
-        cache=args.calib_cache,
-        folder=args.calib_dir,
-        synthetic=args.synthetic,
-        prompts=args.prompts,
-        samples=args.samples,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        guidance=args.guidance,
-        save=args.save_calib,
-    )
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -72,7 +55,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         args.out,
         units=args.units,
         only=args.only,
-        calibration=_calibration(args),
+        calibration=calibration_source(args),
         timesteps=args.timesteps,
         options=_options(args),
         dtype=args.dtype,
@@ -101,17 +84,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _calibration_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("calibration (taylor, ablation)")
-    src = g.add_mutually_exclusive_group()
-    src.add_argument("--calib-dir", help="image-text folder (images + metadata.csv/.jsonl: file_name,text)")
-    src.add_argument("--calib-cache", help="latents + embeddings cache written by --save-calib")
-    src.add_argument("--synthetic", action="store_true", help="Gaussian latents and embeddings (smoke tests)")
-    g.add_argument("--prompts", help="prompts file, one per line: data-free calibration, and the clip prompts")
-    g.add_argument("--save-calib", help="write the calibration set to this cache file for later runs")
-    g.add_argument("--samples", type=int, default=8, help="calibration samples / prompts used (default 8)")
+    g = add_calibration_args(
+        p,
+        "calibration (taylor, ablation)",
+        prompts_help="prompts file, one per line: data-free calibration, and the clip prompts",
+        exclusive_prompts=False,
+    )
     g.add_argument("--timesteps", type=int, default=2, help="sampled timesteps per sample (default 2)")
-    g.add_argument("--batch-size", type=int, default=4)
-    g.add_argument("--seed", type=int, default=0)
 
 
 def _criterion_args(p: argparse.ArgumentParser) -> None:

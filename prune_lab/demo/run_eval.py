@@ -7,7 +7,6 @@ evaluation redoes only the models it had not finished.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..runtime.atomic import write_with
 from .job import MODEL, MODELS, Job, write_text
 
 BATCH = 32  # images per pipeline call
@@ -39,11 +39,8 @@ def _generated(job: Job, name: str, model: str | Path) -> torch.Tensor:
                 seeds = [image_seed(c.seed, start + i) for i in range(len(part))]
                 images.append(generate(pipe, [s.caption for s in part], seeds, steps=c.steps, guidance=c.guidance))
                 bar.update(len(part))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(torch.cat(images), tmp)
-        os.replace(tmp, path)
-    return torch.load(path)
+        write_with(path, lambda tmp: torch.save(torch.cat(images), tmp))
+    return torch.load(path, weights_only=True)
 
 
 def caption_accuracy(classifier, images: torch.Tensor, scenes) -> pd.DataFrame:
@@ -119,4 +116,4 @@ def evaluate(job: Job, folders: dict[str, str | Path]) -> pd.DataFrame:
 
 def sample_images(job: Job, count: int = 8) -> dict[str, torch.Tensor]:
     """The first `count` evaluation images of every model (``[count, 3, H, W]``), for the report's figure."""
-    return {name: torch.load(job.path("eval", f"{name}.pt"))[:count] for name in MODELS}
+    return {name: torch.load(job.path("eval", f"{name}.pt"), weights_only=True)[:count] for name in MODELS}

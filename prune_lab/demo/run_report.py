@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from ..runtime.atomic import write_figure
 from ..runtime.tables import render
 from .job import Job, StepRecord, agreement, importance_summary, write_text
 from .run_eval import sample_images
@@ -37,11 +38,7 @@ STEP_TEXT = {
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return write_figure(path, fig, dpi=120, bbox_inches="tight")
 
 
 def plot_samples(images: dict[str, torch.Tensor], captions: list[str], path: Path) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..runtime.atomic import write_json, write_text
+from ..runtime.atomic import write_figure, write_json, write_text
 from ..runtime.tables import render
 from . import PIPELINE_DIR, SAMPLING, distill_student
 
@@ -69,9 +69,7 @@ class StudyConfig:
 
 
 def _json_atomic(path: Path, record) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, record)
 
 
 def _check_work(config: StudyConfig, work: Path) -> None:
@@ -246,12 +244,9 @@ def plot_study(result: dict, path: str | os.PathLike) -> Path:
     right.set_ylabel("task (denoising) loss, 25-step mean")
     right.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def study_report(result: dict, command: str, machine: str, minutes: float) -> str:

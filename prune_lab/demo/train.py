@@ -80,8 +80,17 @@ def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1))
 
 
+def _plain(obj):
+    """`obj` with numpy scalars as Python numbers, so the checkpoint loads with `weights_only=True`."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj.item() if isinstance(obj, np.generic) else obj
+
+
 def _atomic_save(obj, path: Path) -> None:
-    write_with(path, lambda tmp: torch.save(obj, tmp))
+    write_with(path, lambda tmp: torch.save(_plain(obj), tmp))
 
 
 def _lr_lambda(warmup: int, steps: int, cosine: bool):
@@ -302,7 +311,7 @@ def train_stage(stage: Stage, *, progress: bool = True, stop_after: int | None =
     ckpt = folder / "checkpoint.pt"
     start, wall, cpu, losses = 0, 0.0, 0.0, []
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)  # our own checkpoint; never unpickle objects
         stage.load_state(state["models"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -342,7 +351,7 @@ def train_stage(stage: Stage, *, progress: bool = True, stop_after: int | None =
     for m in stage.trainable():
         m.eval()
     result = StageResult(stage.name, sc.steps, wall, cpu, float(np.mean(losses[-50:])), stage.export())
-    done.write_text(json.dumps(asdict(result), indent=2))
+    write_json(done, asdict(result))
     return result
 
 
@@ -361,8 +370,7 @@ def check_config(config: TrainConfig, work: Path) -> None:
     wanted = asdict(config)
     if path.is_file() and _without_steps(json.loads(path.read_text())) != _without_steps(wanted):
         raise ValueError(f"{work} holds a training run with other settings ({path}); pass another --work folder")
-    work.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(wanted, indent=2))
+    write_json(path, wanted)
 
 
 def train(

@@ -15,7 +15,6 @@ checkpoint.
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..formats import WIDTH_FORMAT, export_format
 from ..models import load_unet
+from ..runtime.atomic import write_json
 from ..runtime.schedule import noise_scheduler
 from .data import EpochSampler, LatentCache, collate, open_dataset
 from .encoders import FrozenEncoders, load_encoders
@@ -309,7 +309,7 @@ class DistillRecipe:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             record = {**asdict(cfg), "feature_pairs": self.pairing.to_dict()}  # which features were distilled
-            (self.out / "distill_config.json").write_text(json.dumps(record, indent=2) + "\n")
+            write_json(self.out / "distill_config.json", record)
             step = self.progress.step if self.resumed_from else None
             self.log = LossLog(self.out / "losses.csv", self.columns, resume_step=step)
         if cfg.report_to:
