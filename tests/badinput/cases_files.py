@@ -50,7 +50,6 @@ PLAN_FIELDS = {
     "actions-string": ("actions", set_key("actions", "drop")),
     "keep-string": ("keep", set_key("keep", "down_blocks.0")),
     "keep-ints": ("keep", set_key("keep", [1, 2, 3])),
-    "meta-list": ("meta", set_key("meta", [1])),
     "version-string": ("version", set_key("version", "1")),
 }
 PLAN_TEXTS = {**WRONG_TOP, **NOT_JSON}

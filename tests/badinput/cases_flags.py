@@ -34,6 +34,7 @@ flag_cases(
     },
 )
 flag_cases("score-clip", C.SCORE_CLIP, {"--steps": ("0", "-1"), "--guidance": ("nan", "inf")})
+flag_cases("score-clip-pndm", C.override(C.SCORE_CLIP, "--scheduler", "pndm"), {"--steps": ("1",)})
 
 # ------------------------------------------------------------------------------------------------------ plan
 flag_cases("plan", C.PLAN_TARGET, {"--target": ("params=0", "params=nan", "params=inf", "params=-1", "params=2")})
@@ -132,14 +133,17 @@ for flag, value in (("--batch-size", "0"), ("--resize", "0"), ("--resize", "-1")
     )
 
 # ---------------------------------------------------------------------------------------------- demo commands
-flag_cases("demo-run", C.DEMO_RUN, {"--eval-samples": ("1",), "--threads": ("0",), "--budget": ("params=2",)})
+#: the demo commands run for minutes once started: a bad flag must be refused at once
+DEMO = dict(timeout=6)
+flag_cases("demo-run", C.DEMO_RUN, {"--eval-samples": ("1",), "--threads": ("0",), "--budget": ("params=2",)}, **DEMO)
 flag_cases(
     "demo-quality",
     C.DEMO_QUALITY,
     {"-n": ("0",), "--steps": ("0",), "--batch-size": ("0",), "--guidance": ("nan",), "--threads": ("0",)},
+    **DEMO,
 )
-flag_cases("demo-study", C.DEMO_STUDY, {"--steps": ("0",), "--lr": ("nan",), "--data-n": ("0",), "-n": ("0",)})
-flag_cases("demo-train", C.DEMO_TRAIN, {"--threads": ("0",), "--vae-steps": ("-1",)})
+flag_cases("demo-study", C.DEMO_STUDY, {"--steps": ("0",), "--lr": ("nan",), "--data-n": ("0",), "-n": ("0",)}, **DEMO)
+flag_cases("demo-train", C.DEMO_TRAIN, {"--threads": ("0",), "--vae-steps": ("-1",)}, **DEMO)
 
 # score CSVs a numeric column of which is bad: every reader of scores
 SCORE_CSV = {
@@ -208,14 +212,20 @@ out_cases("generate", C.GENERATE, "--out", "dir")
 out_cases("demo-data", C.DEMO_DATA, "--out", "dir")
 out_cases("cache-latents", C.CACHE, "--out", "dir")
 out_cases("plan-preset", C.PLAN_PRESET, "-o", "file")
-out_cases("plan-target", C.PLAN_TARGET, "-o", "file")
 out_cases("score", C.SCORE, "-o", "file")
 out_cases("score", (*C.SCORE_TAYLOR, "--save-calib", "{tmp}/c.safetensors"), "--save-calib", "file")
 out_cases("width", (*C.WIDTH_TAYLOR, "--save-calib", "{tmp}/c.safetensors"), "--save-calib", "file")
 out_cases("coco-prompts", C.COCO, "-o", "file")
 out_cases("plot", C.PLOT, "-o", "file")
-out_cases("demo-quality", (*C.DEMO_QUALITY, "--out", "{tmp}/q.md"), "--out", "file")
+out_cases("demo-quality", (*C.DEMO_QUALITY, "--out", "{tmp}/q.md"), "--out", "file", **DEMO)
 CASES += [
+    Case(
+        "output-paths",
+        "plan-target-o-existing-dir",
+        C.override(C.PLAN_TARGET, "-o", "{f}"),
+        setup=_dir(),
+        expect=("-o", "name:f"),
+    ),
     Case(
         "output-paths",
         "demo-data--out-existing-file-overwrite",
@@ -236,6 +246,7 @@ CASES += [
         C.override(C.DEMO_STUDY, "--out", "{f}"),
         setup=_file(),
         expect=("--out", "name:f"),
+        **DEMO,
     ),
     Case(
         "output-paths",
@@ -243,6 +254,7 @@ CASES += [
         C.override(C.DEMO_RUN, "--out", "{f}"),
         setup=_file(),
         expect=("--out", "name:f"),
+        **DEMO,
     ),
     Case(
         "output-paths",
@@ -250,6 +262,7 @@ CASES += [
         C.override(C.DEMO_RUN, "--work", "{f}"),
         setup=_file(),
         expect=("--work", "name:f"),
+        **DEMO,
     ),
     Case(
         "output-paths",
@@ -257,5 +270,6 @@ CASES += [
         C.override(C.DEMO_TRAIN, "--work", "{f}"),
         setup=_file(),
         expect=("--work", "name:f"),
+        **DEMO,
     ),
 ]

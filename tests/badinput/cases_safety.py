@@ -3,6 +3,7 @@ a user handed in or write outside the output folder (`untrusted-files`), or misr
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -85,7 +86,7 @@ add(
         "data-loss",
         "apply-out-is-the-model-overwrite",
         (*C.override(C.override(C.APPLY, "--model", "{m}"), "--out", "{m}"), *OVERWRITE),
-        setup=copy("m", "export", "model"),
+        setup=copy("m", "demo", "model"),
         expect=("--out",),
     ),
     Case(
@@ -200,6 +201,12 @@ def _restore_images(ctx: Ctx) -> None:
     shutil.copytree(ctx["data"], ctx["d"])
 
 
+def _unknown_unit(ctx: Ctx) -> str:
+    data = json.loads(ctx["plan"].read_text())
+    data["keep"].append("down_blocks.0.resnets.7")
+    return json.dumps(data)
+
+
 def _all_images_corrupt(ctx: Ctx, root: Path) -> None:
     for png in root.glob("*.png"):
         png.write_bytes(b"")
@@ -271,8 +278,8 @@ add(
         "half-written",
         "apply-unknown-unit-then-good-plan",
         C.override(C.APPLY_KEEP, "--keep", "{bad}"),
-        setup=put("bad", "bad-plan.json", lambda ctx: ctx["plan"].read_text().replace("mid_block", "mid_blok", 1)),
-        expect=("mid_blok",),
+        setup=put("bad", "bad-plan.json", _unknown_unit),
+        expect=("down_blocks.0.resnets.7",),
         check=then_succeeds(C.APPLY_KEEP),
     ),
     Case(
@@ -487,6 +494,8 @@ def _scores_frame(ctx: Ctx, reverse: bool = False):
     import pandas as pd
 
     df = pd.read_csv(ctx["scores"])
+    skip = df.iloc[[0]].assign(name="skip:up_blocks.3.resnets.0", label="D1>U4-R1", kind="skip")
+    df = pd.concat([df, skip], ignore_index=True)  # the demo report draws a skip chart too
     if reverse:
         df["importance"] = df["importance"].to_numpy()[::-1]
     return df

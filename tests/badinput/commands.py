@@ -67,6 +67,8 @@ SCORE_CLIP = (
     "1",
     "--steps",
     "1",
+    "--scheduler",
+    "dpm",
     "--only",
     "mid_block.attentions.0",
     "-o",

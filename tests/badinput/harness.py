@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import traceback
 from collections.abc import Callable
@@ -112,7 +113,7 @@ class Case:
     hashed: tuple[str, ...] = ()
     check: Callable | None = None
     verdict: Callable | None = None
-    timeout: int = 60
+    timeout: int = 20
     note: str = field(default="", compare=False)
 
     @property
@@ -186,7 +187,9 @@ def route_logging() -> None:
     for logger in loggers:
         for handler in logger.handlers:
             if type(handler) is logging.StreamHandler:
-                handler.setStream(sys.stderr)
+                handler.stream = sys.stderr  # not setStream: it flushes the old, maybe closed, stream
+                if "flush" in vars(handler):  # transformers / diffusers bind `flush` to the stderr of their import
+                    handler.flush = sys.stderr.flush
 
 
 def run_cli(argv: list[str], capfd, timeout: int) -> Outcome:
@@ -253,9 +256,16 @@ def fragments(case: Case, ctx: Ctx) -> list[str]:
     return out
 
 
+def _names(text: str, fragment: str) -> bool:
+    """`fragment` occurs in `text` (case-insensitive); an identifier (`keep`, `path`) only as a whole word, so that
+    Python's own `os.PathLike` does not count as naming the argument `path`."""
+    if re.fullmatch(r"[A-Za-z_]\w*", fragment):
+        return re.search(rf"(?<!\w){re.escape(fragment)}(?!\w)", text, re.I) is not None
+    return fragment.lower() in text.lower()
+
+
 def names_one(text: str, frags: list[str], also: list[str] = ()) -> bool:
-    low = text.lower()
-    return (not frags or any(f.lower() in low for f in frags)) and all(a.lower() in low for a in also)
+    return (not frags or any(_names(text, f) for f in frags)) and all(_names(text, a) for a in also)
 
 
 def _also(case: Case, ctx: Ctx) -> list[str]:
