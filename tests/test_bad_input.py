@@ -17,7 +17,6 @@ import pytest
 from badinput import all_cases
 from badinput.commands import CACHE, DISTILL, EVAL, GENERATE, PLAN_PRESET, SCORE, SCORE_CLIP
 from badinput.fixtures import Fixtures
-from badinput.inputs import copy
 from badinput.harness import (
     Ctx,
     cli_problems,
@@ -29,6 +28,7 @@ from badinput.harness import (
     tree_diff,
     tree_hash,
 )
+from badinput.inputs import copy
 
 CASES = all_cases()
 
