@@ -122,9 +122,8 @@ def write_export(
         FileExistsError: `out_dir` exists and is not empty (and not `overwrite`).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {out_dir} exists and is not empty; pass --overwrite or another --out")
-    with atomic_folder(out_dir, replace=shutil.rmtree) as tmp:
+    inputs = [pipeline_root] if pipeline_root is not None else []  # never replace the teacher
+    with atomic_folder(out_dir, overwrite=overwrite, inputs=inputs) as tmp:
         if pipeline_root is not None:
             shutil.copytree(pipeline_root, tmp, ignore=shutil.ignore_patterns(subfolder), dirs_exist_ok=True)
         write_model(tmp / subfolder)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..backbones import backbone_for, get_backbone
 from ..plan import Plan
+from ..runtime.atomic import check_output_folder
 from ..runtime.loading import LoadedModel
 from . import BLOCK_FORMAT, READERS, Reader, base_config, load_weights, save_weights, write_export
 
@@ -47,8 +48,7 @@ def apply_plan(
     Written to a temporary folder next to `out_dir` and renamed at the end, so a failure leaves nothing behind.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {out_dir} exists and is not empty; pass --overwrite or another --out")
+    check_output_folder(out_dir, overwrite=overwrite, inputs=[loaded.root] if loaded.root else [])
     teacher = loaded.unet
     if any(p.is_meta for p in teacher.parameters()):
         raise ValueError("cannot export a model with meta (structure-only) weights; load real weights")

@@ -484,7 +484,7 @@ add(
 
 # =============================================================================================== bookkeeping
 def _job(ctx: Ctx):
-    from prune_lab.demo.run import QUICK, Job
+    from prune_lab.demo.job import QUICK, Job
 
     (ctx.tmp / "work").mkdir(exist_ok=True)
     return Job(QUICK, ctx.tmp / "work", ctx.tmp / "report", progress=False)
