@@ -7,9 +7,9 @@ model through its backbone, and writes the result as a :class:`~prune_lab.plan.P
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 from ..plan import Plan, expand_keep, fingerprint
+from ..runtime.validate import read_score_table
 from ..units import Graph
 from .base import PRESETS, Preset, backbone_for
 
@@ -78,19 +78,16 @@ def read_importance(path, criterion: str | None = None) -> dict[str, float]:
         path: the CSV.
         criterion: which criterion's rows to use when the file merges several (column `criterion`).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"scores file {path} does not exist")
-    import pandas as pd
-
-    df = pd.read_csv(path)
-    missing = {"name", "importance"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; write it with `prunelab score`")
-    criteria = sorted(df["criterion"].dropna().unique()) if "criterion" in df.columns else []
+    if criterion is not None and not isinstance(criterion, str):
+        raise TypeError(f"criterion must be a criterion name (str) or None, got {type(criterion).__name__}")
+    df = read_score_table(path)
+    criteria = sorted(df["criterion"].dropna().astype(str).unique()) if "criterion" in df.columns else []
     if criterion is not None:
         if criterion not in criteria:
-            raise ValueError(f"{path} has no scores of criterion {criterion!r}; it holds: {', '.join(criteria)}")
+            raise ValueError(
+                f"{path} has no scores of criterion {criterion!r} (--criterion); it holds: {', '.join(criteria)}"
+            )
         df = df[df["criterion"] == criterion]
     elif len(criteria) > 1:
         raise ValueError(f"{path} holds several criteria ({', '.join(criteria)}); pick one with --criterion")
-    return dict(zip(df["name"], df["importance"].astype(float)))
+    return dict(zip(df["name"], df["importance"]))

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 from ..runtime.tables import FORMATS, render
-from .structure import PRESET_HELP
+from .structure import MODEL_HELP, PRESET_HELP
+from .types import device, non_negative_int, positive_int
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -119,9 +120,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="parameters, MACs (thop and attention-inclusive) and latency")
-    p.add_argument(
-        "--model", required=True, help="built-in (sd-v1, sd-v2-base, sd-v2, sdxl), pipeline or U-Net folder, or hub id"
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--keep", help="report the student of this plan.json")
     what.add_argument("--preset", help=f"report the student of a preset: {PRESET_HELP}")
@@ -132,16 +131,20 @@ def register(subparsers) -> None:
         help="the model, then these presets / plan files / model folders (e.g. a `prunelab width` output), side by "
         "side with %% change",
     )
-    p.add_argument("--resolution", type=int, help="image side in pixels (default: the model's, e.g. 512 for sd-v1)")
-    p.add_argument("--steps", type=int, help="denoising steps of a whole generation (default: the report's, 25)")
+    p.add_argument(
+        "--resolution", type=positive_int, help="image side in pixels (default: the model's, e.g. 512 for sd-v1)"
+    )
+    p.add_argument(
+        "--steps", type=positive_int, help="denoising steps of a whole generation (default: the report's, 25)"
+    )
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--per-unit", action="store_true", help="params and MACs of every unit (one profiled forward)")
     p.add_argument("--latency", action="store_true", help="also time the model (needs real compute)")
-    p.add_argument("--device", default="cpu", help="latency device: cpu or cuda")
+    p.add_argument("--device", type=device, default="cpu", help="latency device: cpu or cuda")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="latency dtype")
-    p.add_argument("--runs", type=int, default=10, help="timed runs (after the warm-up)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
-    p.add_argument("--threads", type=int, help="CPU threads while timing (default: torch's)")
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs (after the warm-up)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed warm-up runs")
+    p.add_argument("--threads", type=positive_int, help="CPU threads while timing (default: torch's)")
     p.add_argument(
         "--latency-of",
         default="step",

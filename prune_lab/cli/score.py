@@ -13,6 +13,8 @@ from ..runtime.tables import FORMATS, render
 from ..scoring.options import AblationOptions, ClipOptions
 from ..scoring.registry import list_criteria
 from .calibration import add_calibration_args, calibration_source
+from .structure import MODEL_HELP, out_path
+from .types import device, finite_float, positive_int
 
 SHOWN = ["name", "label", "kind", "criterion", "raw", "importance", "rank"]
 
@@ -90,7 +92,7 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
         prompts_help="prompts file, one per line: data-free calibration, and the clip prompts",
         exclusive_prompts=False,
     )
-    g.add_argument("--timesteps", type=int, default=2, help="sampled timesteps per sample (default 2)")
+    g.add_argument("--timesteps", type=positive_int, default=2, help="sampled timesteps per sample (default 2)")
 
 
 def _criterion_args(p: argparse.ArgumentParser) -> None:
@@ -111,13 +113,13 @@ def _criterion_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=ClipOptions.steps,
         help=f"denoising steps for generation (default {ClipOptions.steps})",
     )
     g.add_argument(
         "--guidance",
-        type=float,
+        type=finite_float,
         default=ClipOptions.guidance,
         help=f"classifier-free guidance scale (default {ClipOptions.guidance})",
     )
@@ -126,7 +128,7 @@ def _criterion_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("score", help="score every unit's importance with one or more criteria")
-    p.add_argument("--model", help="pipeline or U-Net folder, built-in name, or hub id")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument(
         "--criterion",
         nargs="+",
@@ -135,7 +137,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--units", choices=granularities(), default="blocks", help="granularity (default blocks)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="score only these units")
-    p.add_argument("-o", "--out", type=Path, help="scores CSV to write (a JSON copy goes beside it)")
+    p.add_argument("-o", "--out", type=out_path, help="scores CSV to write (a JSON copy goes beside it)")
     p.add_argument("--resume", action="store_true", help="skip the units a killed run with the same settings scored")
     p.add_argument(
         "--compare",
@@ -143,9 +145,9 @@ def register(subparsers) -> None:
         metavar="CSV",
         help="rank agreement (Kendall tau, Spearman) between the criteria of these score files",
     )
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's accelerate device)")
+    p.add_argument("--device", type=device, help="cpu, cuda, cuda:1 ... (default: this process's accelerate device)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _calibration_args(p)
@@ -154,6 +156,6 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("plot", help="bar charts of a scores file (one panel per criterion) + skip chart")
     p.add_argument("scores", help="scores CSV or JSON written by `prunelab score`")
-    p.add_argument("-o", "--out", required=True, type=Path, help="image to write (.png, .pdf, .svg)")
+    p.add_argument("-o", "--out", required=True, type=out_path, help="image to write (.png, .pdf, .svg)")
     p.add_argument("--value", choices=("importance", "raw"), default="importance", help="what the bars show")
     p.set_defaults(func=cmd_plot)

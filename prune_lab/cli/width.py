@@ -7,6 +7,8 @@ import sys
 
 from ..runtime.tables import FORMATS, render
 from .calibration import add_calibration_args, calibration_source
+from .structure import MODEL_HELP
+from .types import non_empty, non_negative_float, non_negative_int, positive_int
 
 
 def cmd_width(args: argparse.Namespace) -> int:
@@ -37,7 +39,7 @@ def cmd_width(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("width", help="channel-prune a U-Net to a parameter budget (torch-pruning baseline)")
-    p.add_argument("--model", required=True, help="built-in (random weights), pipeline or U-Net folder, or hub id")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument(
         "--criterion",
         default="magnitude",
@@ -52,11 +54,11 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--round-to",
-        type=int,
+        type=non_negative_int,
         default=8,
         help="every pruned width stays a multiple of this (default 8; 1 = only GroupNorm groups and heads)",
     )
-    p.add_argument("--out", required=True, help="output folder (the format `prunelab apply` writes)")
+    p.add_argument("--out", required=True, type=non_empty, help="output folder (the format `prunelab apply` writes)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,13 +70,13 @@ def register(subparsers) -> None:
     )
     g.add_argument(
         "--calib-timesteps",
-        type=int,
+        type=positive_int,
         default=100,
         help="timesteps, evenly spaced and increasing (default 100; Diff-Pruning visits all 1000)",
     )
     g.add_argument(
         "--timestep-threshold",
-        type=float,
+        type=non_negative_float,
         help="Diff-Pruning's timestep selection: stop once the loss drops below THR x its maximum (0.05 "
         "in the paper); default: every timestep",
     )
