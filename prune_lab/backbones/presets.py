@@ -6,7 +6,7 @@ model through its backbone, and writes the result as a :class:`~prune_lab.plan.P
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from ..plan import Plan, expand_keep, fingerprint
 from ..runtime.validate import read_score_table
@@ -38,7 +38,15 @@ def make_plan(
     meta: dict | None = None,
     graph: Graph | None = None,
 ) -> Plan:
-    """A plan keeping `keep` (listed in forward order) for `model`."""
+    """A plan keeping `keep` (listed in forward order) for `model`.
+
+    Raises:
+        TypeError: `keep` is not a list (or set, tuple) of unit names, or `source` not a string.
+    """
+    if isinstance(keep, (str, bytes)) or not isinstance(keep, Iterable) or not all(isinstance(k, str) for k in keep):
+        raise TypeError(f"make_plan: keep must be a list of unit names (str), got {keep!r:.80}")
+    if not isinstance(source, str):
+        raise TypeError(f"source must be a string (where the model came from), got {type(source).__name__}")
     graph = graph or backbone_for(model).walk(model)
     keep = set(keep)
     surplus = sorted(expand_keep(graph, keep) - keep - {u.name for u in graph.units if u.kind not in graph.atom_kinds})
@@ -56,8 +64,18 @@ def create_plan(model, preset: str, *, source: str, scores: Mapping[str, float] 
     """The plan of a registered preset for `model`.
 
     Raises:
+        TypeError: `preset` not a name, `source` not a string, `scores` not a mapping of unit name -> importance.
         ValueError: unknown preset, or a preset for another model family.
     """
+    if not isinstance(preset, str):
+        raise TypeError(f"create_plan: preset must be a preset name (str), got {preset!r:.80}")
+    if not isinstance(source, str):
+        raise TypeError(f"create_plan: source must be a string (where the model came from), got {source!r:.80}")
+    if scores is not None and not isinstance(scores, Mapping):
+        raise TypeError(
+            f"create_plan: scores must be a mapping of unit name -> importance (read_importance(path) reads a "
+            f"scores file), got {type(scores).__name__}"
+        )
     spec = get_preset(preset)
     family = model_family(model)
     if family not in spec.families:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..runtime.budget import RESOURCES, parse_budget
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 from ..runtime.tables import FORMATS, render
-from .structure import PRESET_HELP, _model_arg, _params_m, _plan_from_args, check_out_file, out_path
+from .structure import PRESET_HELP, _model_arg, _params_m, _plan_from_args, check_device, check_out_file, out_path
 from .types import device, non_negative_int, positive_int
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def _latency(args: argparse.Namespace, resource: str):
 
     if not RESOURCES.get(resource).measured:
         return None
+    check_device(args.device)
     dtype = canonical_dtype(args.dtype)
     return LatencySettings(device=args.device, dtype=dtype, runs=args.runs, warmup=args.warmup, progress=True)
 

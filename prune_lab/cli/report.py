@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 from ..runtime.tables import FORMATS, render
-from .structure import MODEL_HELP, PRESET_HELP
+from .structure import MODEL_HELP, PRESET_HELP, check_device
 from .types import device, non_negative_int, positive_int
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ def _latency_settings(args: argparse.Namespace):
 
     if not args.latency:
         return None
+    check_device(args.device)
     return LatencySettings(
         device=args.device,
         dtype=canonical_dtype(args.dtype),

@@ -13,7 +13,7 @@ from ..runtime.tables import FORMATS, render
 from ..scoring.options import AblationOptions, ClipOptions
 from ..scoring.registry import list_criteria
 from .calibration import add_calibration_args, calibration_source
-from .structure import MODEL_HELP, out_path
+from .structure import MODEL_HELP, check_device, check_figure_path, check_out_file, out_path
 from .types import device, finite_float, positive_int
 
 SHOWN = ["name", "label", "kind", "criterion", "raw", "importance", "rank"]
@@ -47,6 +47,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     for flag in ("model", "criterion", "out"):
         if not getattr(args, flag):
             raise ValueError(f"score needs --{flag} (or --compare a.csv b.csv)")
+    check_out_file(args.out, "-o")
+    if args.out.suffix == ".json":
+        raise ValueError(f"-o {args.out}: give the CSV to write (score writes its JSON copy beside it as .json)")
+    if args.save_calib:
+        check_out_file(args.save_calib, "--save-calib")
+    check_device(args.device)
     if args.threads:
         import torch
 
@@ -79,6 +85,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from ..plots import plot_scores
     from ..scoring import read_scores
+
+    check_figure_path(args.out, "-o")
 
     written = plot_scores(read_scores(args.scores), args.out, value=args.value)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -53,6 +53,21 @@ def check_out_file(path: str | os.PathLike, flag: str) -> Path:
     return path
 
 
+def check_figure_path(path: Path, flag: str) -> Path:
+    """:func:`check_out_file`, and a suffix matplotlib can write (png, pdf, svg ...)."""
+    from matplotlib.figure import Figure
+
+    check_out_file(path, flag)
+    formats = Figure().canvas.get_supported_filetypes()
+    if not path.suffix:
+        raise ValueError(f"{flag} {path} has no suffix; add one of .png, .pdf, .svg (the figure's format)")
+    if path.suffix[1:].lower() not in formats:
+        raise ValueError(
+            f"{flag} {path}: matplotlib cannot write {path.suffix} figures; use one of {', '.join(sorted(formats))}"
+        )
+    return path
+
+
 def check_out_dir(path: str | os.PathLike, flag: str, *, overwrite: bool = False, inputs: Iterable = ()) -> Path:
     """Refuse, before any work, an output folder that may not be written or replaced (naming `flag`)."""
     from ..runtime.atomic import check_output_folder
@@ -64,6 +79,20 @@ def check_out_dir(path: str | os.PathLike, flag: str, *, overwrite: bool = False
     except FileExistsError as e:
         raise FileExistsError(f"{flag}: {e}") from None
     return path
+
+
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """Refuse, before any work, a CUDA / MPS device this machine does not have (naming `flag`)."""
+    if not device or device in ("cpu", "meta"):
+        return
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{flag} {device}: CUDA is not available on this machine; use {flag} cpu")
+    if device.startswith("cuda") and ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ValueError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{flag} mps: MPS is not available on this machine; use {flag} cpu")
 
 
 def model_inputs(model: str) -> list[Path]:
