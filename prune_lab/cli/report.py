@@ -44,7 +44,8 @@ def _reports(args: argparse.Namespace) -> list:
     from ..plan import Plan
     from ..report import compare, report
 
-    latency = _latency_settings(args)  # bad settings fail before the model is loaded
+    latency = _latency_settings(args)  # bad settings and plan files fail before the model is loaded
+    plan = Plan.load(args.keep) if args.keep else None
     loaded = load_unet(args.model, meta=True)
     kwargs = dict(resolution=args.resolution, per_unit=args.per_unit, latency=latency)
     if args.steps is not None:
@@ -52,7 +53,7 @@ def _reports(args: argparse.Namespace) -> list:
     if args.compare:
         return compare(loaded, args.compare, **kwargs)
     if args.keep:
-        return [report(loaded, plan=Plan.load(args.keep), variant=args.keep, **kwargs)]
+        return [report(loaded, plan=plan, variant=args.keep, **kwargs)]
     if args.preset:
         return [report(loaded, plan=create_plan(loaded.unet, args.preset, source=args.model), **kwargs)]
     return [report(loaded, **kwargs)]
