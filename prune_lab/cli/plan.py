@@ -136,9 +136,9 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    if args.preset:
+    if args.preset is not None:
         return _preset_plan(args)
-    return _search_plan(args) if args.target else _pareto(args)
+    return _search_plan(args) if args.target is not None else _pareto(args)
 
 
 def register(subparsers) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..runtime.budget import parse_budget
 from ..runtime.tables import FORMATS, render
 from .calibration import add_calibration_args, calibration_source
 from .structure import MODEL_HELP, check_out_dir, check_out_file, model_inputs
@@ -16,7 +15,6 @@ def cmd_width(args: argparse.Namespace) -> int:
     from ..width import TaylorSettings
     from ..width.run import prune_model_width, width_summary
 
-    parse_budget(args.target)  # a bad budget or output fails before the model is loaded
     check_out_dir(args.out, "--out", overwrite=args.overwrite, inputs=model_inputs(args.model))
     if args.save_calib:
         check_out_file(args.save_calib, "--save-calib")
