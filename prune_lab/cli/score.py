@@ -53,6 +53,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.save_calib:
         check_out_file(args.save_calib, "--save-calib")
     check_device(args.device)
+    if args.clip_checkpoint:
+        from ..runtime.clip import check_clip_checkpoint
+
+        check_clip_checkpoint(Path(args.clip_checkpoint))
     if args.threads:
         import torch
 

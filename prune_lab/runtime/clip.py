@@ -209,6 +209,24 @@ def _missing_weights(model: str, pretrained: str | None, error: Exception) -> Fi
     )
 
 
+def check_clip_checkpoint(path: Path) -> None:
+    """Refuse a user's CLIP checkpoint that is not a readable safetensors file (a pickle can run code on load)."""
+    from safetensors import SafetensorError, safe_open
+
+    if path.is_dir():
+        raise ValueError(f"--clip-checkpoint {path} is a folder; pass the weights file")
+    if not path.is_file():
+        raise FileNotFoundError(f"--clip-checkpoint {path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except SafetensorError:
+        raise ValueError(
+            f"--clip-checkpoint {path} is not a safetensors file; prune_lab loads only safetensors weights (a "
+            "pickled checkpoint can run code when loaded): convert it with a tool you trust"
+        ) from None
+
+
 def load_clip(
     name: str = DEFAULT_CLIP_MODEL,
     pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
@@ -226,6 +244,8 @@ def load_clip(
     import open_clip
 
     model, spec = clip_model_name(name)
+    if checkpoint is not None:
+        check_clip_checkpoint(Path(checkpoint))
     if checkpoint is None and spec is not None:
         checkpoint = spec.checkpoint
     if checkpoint is not None and not Path(checkpoint).is_file():
