@@ -45,19 +45,19 @@ def as_path(value: Any, name: str = "path") -> Path:
     raise TypeError(f"{name} must be a str or os.PathLike path, got {type(value).__name__}")
 
 
-def check_input_file(path: str | os.PathLike, what: str = "file") -> Path:
+def check_input_file(path: str | os.PathLike, what: str = "file", fix: str = "") -> Path:
     """`path` as a Path if it is an existing file; FileNotFoundError if nothing is there, ValueError for a folder."""
-    path = Path(path)
+    path, hint = Path(path), f"; {fix}" if fix else ""
     if path.is_dir():
         raise ValueError(f"{what} {path} is a folder; pass the file itself")
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist{hint}")
     return path
 
 
-def read_text(path: str | os.PathLike, what: str = "file") -> str:
+def read_text(path: str | os.PathLike, what: str = "file", fix: str = "") -> str:
     """The UTF-8 text of the file at `path` (ValueError naming it when it is not UTF-8)."""
-    path = check_input_file(path, what)
+    path = check_input_file(path, what, fix)
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -77,7 +77,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", *, expect: type 
         FileNotFoundError: nothing at `path`.
         ValueError: a folder, not UTF-8, not JSON, nested too deeply, or a top level of the wrong type.
     """
-    text = read_text(path, what)
+    text = read_text(path, what, fix)
     hint = f"; {fix}" if fix else ""
     try:
         data = json.loads(text)
@@ -134,7 +134,7 @@ def read_score_table(path: str | os.PathLike, required: tuple[str, ...] = ("name
         df = pd.DataFrame(rows)
     else:
         try:
-            df = pd.read_csv(io.StringIO(read_text(path, what)))
+            df = pd.read_csv(io.StringIO(read_text(path, what, fix)))
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise ValueError(f"{what} {path} is not a CSV table ({str(e).strip()}); {fix}") from None
     missing = [c for c in required if c not in df.columns]

@@ -102,11 +102,19 @@ def encode_prompts(pipe, prompts: list[str], batch_size: int = 8) -> torch.Tenso
 
 @torch.no_grad()
 def calibration_from_folder(
-    pipe, folder: str | os.PathLike, *, samples: int, resolution: int | None = None, seed: int = 0, batch_size: int = 8
+    pipe,
+    folder: str | os.PathLike,
+    *,
+    samples: int,
+    resolution: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    rows: list | None = None,
 ) -> Calibration:
-    """Encode the first `samples` image-caption pairs of `folder` with the pipeline's VAE and text encoder."""
+    """Encode the first `samples` image-caption pairs of `folder` (or its `rows`, already read) with the pipeline's
+    VAE and text encoder."""
     _require_single_text_encoder(pipe)
-    rows = read_image_text(folder)[:samples]
+    rows = (rows if rows is not None else read_image_text(folder))[:samples]
     resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     vae, generator = pipe.vae, torch.Generator().manual_seed(seed)
     latents = []
@@ -182,7 +190,7 @@ def load_calibration(path: str | os.PathLike, unet: nn.Module) -> Calibration:
     from safetensors import SafetensorError, safe_open
 
     fix = "write one with --save-calib"
-    path = check_input_file(as_path(path, "path"), "calibration cache")
+    path = check_input_file(as_path(path, "path"), "calibration cache", fix)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
