@@ -53,6 +53,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.save_calib:
         check_out_file(args.save_calib, "--save-calib")
     check_device(args.device)
+    fewest = samplers.SAMPLERS.get(args.scheduler).min_steps
+    if args.steps < fewest:
+        raise ValueError(f"--steps {args.steps}: the {args.scheduler} sampler needs at least {fewest} steps")
     if args.clip_checkpoint:
         from ..runtime.clip import check_clip_checkpoint
 
