@@ -210,20 +210,30 @@ def _missing_weights(model: str, pretrained: str | None, error: Exception) -> Fi
 
 
 def check_clip_checkpoint(path: Path) -> None:
-    """Refuse a user's CLIP checkpoint that is not a readable safetensors file (a pickle can run code on load)."""
+    """Refuse a user's CLIP checkpoint that is not a readable safetensors file, or a torch file that does not load
+    with `weights_only=True` (a pickle that could run code when loaded)."""
+    import pickle
+
+    import torch
     from safetensors import SafetensorError, safe_open
 
     if path.is_dir():
         raise ValueError(f"--clip-checkpoint {path} is a folder; pass the weights file")
     if not path.is_file():
         raise FileNotFoundError(f"--clip-checkpoint {path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except SafetensorError as e:
+            raise ValueError(f"--clip-checkpoint {path} is not a readable safetensors file ({e})") from None
+        return
     try:
-        with safe_open(str(path), framework="pt") as f:
-            f.keys()
-    except SafetensorError:
+        torch.load(path, map_location="meta", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
         raise ValueError(
-            f"--clip-checkpoint {path} is not a safetensors file; prune_lab loads only safetensors weights (a "
-            "pickled checkpoint can run code when loaded): convert it with a tool you trust"
+            f"--clip-checkpoint {path} does not load as plain weights ({str(e).splitlines()[0][:100]}); prune_lab "
+            "refuses checkpoints that could run code when loaded: use a .safetensors copy"
         ) from None
 
 
