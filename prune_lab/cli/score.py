@@ -13,7 +13,7 @@ from ..runtime.tables import FORMATS, render
 from ..scoring.options import AblationOptions, ClipOptions
 from ..scoring.registry import list_criteria
 from .calibration import add_calibration_args, calibration_source
-from .structure import MODEL_HELP, check_device, check_figure_path, check_out_file, out_path
+from .structure import MODEL_HELP, check_device, check_figure_path, check_out_file, library_bars, out_path
 from .types import device, finite_float, positive_int
 
 SHOWN = ["name", "label", "kind", "criterion", "raw", "importance", "rank"]
@@ -64,20 +64,21 @@ def cmd_score(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    run = score_model(
-        args.model,
-        args.criterion,
-        args.out,
-        units=args.units,
-        only=args.only,
-        calibration=calibration_source(args),
-        timesteps=args.timesteps,
-        options=_options(args),
-        dtype=args.dtype,
-        device=args.device,
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    with library_bars(not args.quiet):  # --quiet: no loading bars either, so an error is the only line
+        run = score_model(
+            args.model,
+            args.criterion,
+            args.out,
+            units=args.units,
+            only=args.only,
+            calibration=calibration_source(args),
+            timesteps=args.timesteps,
+            options=_options(args),
+            dtype=args.dtype,
+            device=args.device,
+            resume=args.resume,
+            progress=not args.quiet,
+        )
     if run.table is not None:
         print(render(run.table[SHOWN], args.format))
         note = sys.stderr if args.format in ("csv", "json") else sys.stdout  # keep machine output parseable

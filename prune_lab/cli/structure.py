@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..runtime.tables import FORMATS, render
@@ -93,6 +94,22 @@ def check_device(device: str | None, flag: str = "--device") -> None:
         raise ValueError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{flag} mps: MPS is not available on this machine; use {flag} cpu")
+
+
+@contextmanager
+def library_bars(enabled: bool) -> Iterator[None]:
+    """diffusers' and transformers' loading progress bars off while the block runs unless `enabled` (`--quiet`)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for module, _ in libraries if not enabled else ():
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, was in libraries:
+            module.enable_progress_bar() if was else module.disable_progress_bar()
 
 
 def model_inputs(model: str) -> list[Path]:

@@ -7,7 +7,7 @@ import sys
 
 from ..runtime.tables import FORMATS, render
 from .calibration import add_calibration_args, calibration_source
-from .structure import MODEL_HELP, check_out_dir, check_out_file, model_inputs
+from .structure import MODEL_HELP, check_out_dir, check_out_file, library_bars, model_inputs
 from .types import non_empty, non_negative_float, non_negative_int, positive_int
 
 
@@ -19,18 +19,19 @@ def cmd_width(args: argparse.Namespace) -> int:
     if args.save_calib:
         check_out_file(args.save_calib, "--save-calib")
 
-    run = prune_model_width(
-        args.model,
-        args.out,
-        criterion=args.criterion,
-        target=args.target,
-        round_to=args.round_to or None,
-        calibration=calibration_source(args),
-        taylor=TaylorSettings(args.calib_timesteps, args.timestep_threshold, args.batch_size, args.seed),
-        seed=args.seed,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    with library_bars(not args.quiet):
+        run = prune_model_width(
+            args.model,
+            args.out,
+            criterion=args.criterion,
+            target=args.target,
+            round_to=args.round_to or None,
+            calibration=calibration_source(args),
+            taylor=TaylorSettings(args.calib_timesteps, args.timestep_threshold, args.batch_size, args.seed),
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
     print(render(width_summary(run), args.format))
     note = sys.stderr if args.format in ("csv", "json") else sys.stdout
     print(
