@@ -12,12 +12,11 @@ Every entry point that takes `--model` goes through :func:`load_unet`, so the ru
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from .backbones import architectures, build_architecture, model_class
-from .formats import PRUNED_MARKER, load_pruned
+from .backbones import architectures, build_architecture
+from .formats import PRUNED_MARKER, load_model_folder, load_pruned
 from .runtime.loading import LoadedModel, looks_like_hub_id
 
 #: Trained pipelines shipped in the package, by built-in name (loaded as pipeline folders: `apply` writes a pipeline).
@@ -43,6 +42,8 @@ def load_unet(model: str | os.PathLike, *, meta: bool = False, dtype=None) -> Lo
     """
     import torch
 
+    if not isinstance(model, (str, os.PathLike)) or isinstance(model, bytes):
+        raise TypeError(f"load_unet: model must be a name, folder or hub id (str or os.PathLike), got {model!r:.80}")
     model, dtype = str(model), dtype or torch.float32
     if model in architectures():
         return LoadedModel(build_architecture(model, meta=meta), model, "builtin")
@@ -67,10 +68,19 @@ def load_unet(model: str | os.PathLike, *, meta: bool = False, dtype=None) -> Lo
 def _from_hub(model: str, dtype):
     from diffusers import UNet2DConditionModel
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    why = "HF_HUB_OFFLINE is set" if offline else "it is not in the hub cache and could not be downloaded"
     try:  # a pipeline repository first, then a bare U-Net repository
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)
-    except OSError:
-        unet = UNet2DConditionModel.from_pretrained(model, torch_dtype=dtype)
+        try:
+            unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype)
+        except OSError:
+            unet = UNet2DConditionModel.from_pretrained(model, torch_dtype=dtype)
+    except OSError as e:  # diffusers' "not found / cannot connect"; a real network or disk error keeps its cause
+        raise FileNotFoundError(
+            f"model {model!r} is not a local folder, and the hub id could not be loaded ({why}; HF_HUB_OFFLINE=1 "
+            "means cached models only): download it once with network access (`huggingface-cli download "
+            f"{model} --local-dir DIR`) and pass the local folder, --model DIR"
+        ) from e
     return unet.eval()
 
 
@@ -89,11 +99,5 @@ def _load_local(path: Path, source: str, dtype) -> LoadedModel:
 
 
 def _from_folder(path: Path, dtype):
-    """A diffusers model folder, by the class its config names (:func:`prune_lab.backbones.model_class`)."""
-    config = path / "config.json"
-    name = json.loads(config.read_text()).get("_class_name", "UNet2DConditionModel")
-    try:
-        cls = model_class(name)
-    except ValueError as e:
-        raise ValueError(f"{config} describes a {name}; {str(e).split('; ', 1)[-1]}") from None
-    return cls.from_pretrained(path, torch_dtype=dtype)
+    """A diffusers model folder, by the class its config names, config and weights checked first."""
+    return load_model_folder(path, dtype)

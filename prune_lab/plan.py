@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .runtime.atomic import write_json
+from .runtime.validate import as_path, json_type, need, read_json
 from .units import Graph, unknown_unit_message
 
 PLAN_FORMAT = "prune_lab.plan"
@@ -64,30 +65,39 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "plan") -> Plan:
+        """A plan from its dict (as :meth:`to_dict` writes it), every key checked.
+
+        Raises:
+            TypeError: `data` is not a dict, or `where` not a string (a wrong call).
+            ValueError: a key is missing or has the wrong type or value (naming `where` and the key).
+        """
+        if not isinstance(where, str):
+            raise TypeError(f"Plan.from_dict: where (the plan's name in messages) must be a str, got {where!r}")
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: a plan must be a JSON object (a dict), got {json_type(data)}")
         if data.get("format") != PLAN_FORMAT:
             raise ValueError(f'{where} is not a prune_lab plan (no "format": "{PLAN_FORMAT}")')
-        if data.get("version") != PLAN_VERSION:
-            raise ValueError(f"{where} has plan version {data.get('version')!r}; this prune_lab reads {PLAN_VERSION}")
-        keep = data.get("keep")
-        if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
-            raise ValueError(f'{where}: "keep" must be a list of unit names')
-        actions = data.get("actions") or {}
+        version = need(data, "version", int, where)
+        if version != PLAN_VERSION:
+            raise ValueError(f"{where} has plan version {version!r}; this prune_lab reads {PLAN_VERSION}")
+        keep = need(data, "keep", list, where)
+        if not all(isinstance(k, str) for k in keep):
+            raise ValueError(f'{where}: "keep" must be a list of unit names (strings)')
+        actions = need(data, "actions", (dict, type(None)), where, default=None) or {}
         bad = {k: v for k, v in actions.items() if v not in ACTIONS}
         if bad:
             name, value = next(iter(bad.items()))
             raise ValueError(f"{where}: action {value!r} for {name!r} is not one of {', '.join(ACTIONS)}")
-        return cls(keep=keep, base=data.get("base") or {}, actions=actions, meta=data.get("meta") or {})
+        base = need(data, "base", (dict, type(None)), where, default=None) or {}
+        meta = need(data, "meta", (dict, type(None)), where, default=None) or {}
+        return cls(keep=keep, base=base, actions=actions, meta=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"plan file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(data, str(path))
+        """Read a plan file (FileNotFoundError / ValueError naming the file when it is missing or malformed)."""
+        path = as_path(path, "path")
+        fix = "write one with `prunelab plan`"
+        return cls.from_dict(read_json(path, "plan file", fix=fix), str(path))
 
 
 def expand_keep(graph: Graph, keep: list[str]) -> set[str]:

@@ -29,6 +29,13 @@ from .base import (
 from .presets import create_plan, get_preset, list_presets, make_plan, model_family, read_importance
 
 
+def _check_plan(plan) -> None:
+    from ..plan import Plan
+
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a Plan (Plan.load(path), Plan.from_dict(d)), got {type(plan).__name__}")
+
+
 def walk(model) -> Graph:
     """Every prunable unit of `model`, in forward order (its backbone's walker)."""
     return backbone_for(model).walk(model)
@@ -41,11 +48,13 @@ def taken_out(model, names: Iterable[str], *, skip_mode: str = "zero", graph: Gr
 
 def resolve(plan, graph: Graph, fingerprint: str | None = None):
     """`plan` validated against `graph` by the backbone that walked it."""
+    _check_plan(plan)
     return backbone_of(graph).resolve(plan, graph, fingerprint)
 
 
 def build_student(model, plan) -> Compacted:
     """The compact student of `plan` for `model` (nothing is written)."""
+    _check_plan(plan)
     return backbone_for(model).build_student(model, plan)
 
 

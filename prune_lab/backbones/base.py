@@ -16,6 +16,7 @@ methods that do not apply (e.g. skips) return nothing.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -227,12 +228,19 @@ def backbone_for(model) -> Backbone:
     Raises:
         ValueError: no backbone handles it.
     """
+    if model is None or isinstance(model, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"model must be a loaded model object (prune_lab.load_unet(name).unet), got {type(model).__name__} "
+            f"{model!r:.60}"
+        )
     names = [cls.__name__ for cls in type(model).__mro__]
     for _, backbone in BACKBONES.items():
         if any(n in backbone.classes for n in names):
             return backbone
     handled = [c for _, b in BACKBONES.items() for c in b.classes]
-    raise ValueError(f"prune_lab has no backbone for a {type(model).__name__}; it handles: {', '.join(handled)}")
+    raise ValueError(
+        f"prune_lab has no backbone for the model, a {type(model).__name__}; it handles: {', '.join(handled)}"
+    )
 
 
 def get_backbone(name: str) -> Backbone:

@@ -6,10 +6,10 @@ model through its backbone, and writes the result as a :class:`~prune_lab.plan.P
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 
 from ..plan import Plan, expand_keep, fingerprint
+from ..runtime.validate import read_score_table
 from ..units import Graph
 from .base import PRESETS, Preset, backbone_for
 
@@ -38,7 +38,15 @@ def make_plan(
     meta: dict | None = None,
     graph: Graph | None = None,
 ) -> Plan:
-    """A plan keeping `keep` (listed in forward order) for `model`."""
+    """A plan keeping `keep` (listed in forward order) for `model`.
+
+    Raises:
+        TypeError: `keep` is not a list (or set, tuple) of unit names, or `source` not a string.
+    """
+    if isinstance(keep, (str, bytes)) or not isinstance(keep, Iterable) or not all(isinstance(k, str) for k in keep):
+        raise TypeError(f"make_plan: keep must be a list of unit names (str), got {keep!r:.80}")
+    if not isinstance(source, str):
+        raise TypeError(f"source must be a string (where the model came from), got {type(source).__name__}")
     graph = graph or backbone_for(model).walk(model)
     keep = set(keep)
     surplus = sorted(expand_keep(graph, keep) - keep - {u.name for u in graph.units if u.kind not in graph.atom_kinds})
@@ -56,8 +64,18 @@ def create_plan(model, preset: str, *, source: str, scores: Mapping[str, float] 
     """The plan of a registered preset for `model`.
 
     Raises:
+        TypeError: `preset` not a name, `source` not a string, `scores` not a mapping of unit name -> importance.
         ValueError: unknown preset, or a preset for another model family.
     """
+    if not isinstance(preset, str):
+        raise TypeError(f"create_plan: preset must be a preset name (str), got {preset!r:.80}")
+    if not isinstance(source, str):
+        raise TypeError(f"create_plan: source must be a string (where the model came from), got {source!r:.80}")
+    if scores is not None and not isinstance(scores, Mapping):
+        raise TypeError(
+            f"create_plan: scores must be a mapping of unit name -> importance (read_importance(path) reads a "
+            f"scores file), got {type(scores).__name__}"
+        )
     spec = get_preset(preset)
     family = model_family(model)
     if family not in spec.families:
@@ -78,19 +96,16 @@ def read_importance(path, criterion: str | None = None) -> dict[str, float]:
         path: the CSV.
         criterion: which criterion's rows to use when the file merges several (column `criterion`).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"scores file {path} does not exist")
-    import pandas as pd
-
-    df = pd.read_csv(path)
-    missing = {"name", "importance"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; write it with `prunelab score`")
-    criteria = sorted(df["criterion"].dropna().unique()) if "criterion" in df.columns else []
+    if criterion is not None and not isinstance(criterion, str):
+        raise TypeError(f"criterion must be a criterion name (str) or None, got {type(criterion).__name__}")
+    df = read_score_table(path)
+    criteria = sorted(df["criterion"].dropna().astype(str).unique()) if "criterion" in df.columns else []
     if criterion is not None:
         if criterion not in criteria:
-            raise ValueError(f"{path} has no scores of criterion {criterion!r}; it holds: {', '.join(criteria)}")
+            raise ValueError(
+                f"{path} has no scores of criterion {criterion!r} (--criterion); it holds: {', '.join(criteria)}"
+            )
         df = df[df["criterion"] == criterion]
     elif len(criteria) > 1:
         raise ValueError(f"{path} holds several criteria ({', '.join(criteria)}); pick one with --criterion")
-    return dict(zip(df["name"], df["importance"].astype(float)))
+    return dict(zip(df["name"], df["importance"]))

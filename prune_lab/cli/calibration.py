@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .types import non_empty, positive_int, seed
+
 
 def add_calibration_args(p: argparse.ArgumentParser, title: str, *, prompts_help: str, exclusive_prompts: bool):
     """Add the calibration group (source, cache, samples, batch size, seed) and return it for command-specific flags.
@@ -18,10 +20,10 @@ def add_calibration_args(p: argparse.ArgumentParser, title: str, *, prompts_help
     src.add_argument("--calib-cache", help="latents + embeddings cache written by --save-calib (score or width)")
     src.add_argument("--synthetic", action="store_true", help="Gaussian latents and embeddings (random-weight models)")
     (src if exclusive_prompts else g).add_argument("--prompts", help=prompts_help)
-    g.add_argument("--save-calib", help="write the calibration set to this cache file for later runs")
-    g.add_argument("--samples", type=int, default=8, help="calibration samples / prompts used (default 8)")
-    g.add_argument("--batch-size", type=int, default=4)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--save-calib", type=non_empty, help="write the calibration set to this cache file for later runs")
+    g.add_argument("--samples", type=positive_int, default=8, help="calibration samples / prompts used (default 8)")
+    g.add_argument("--batch-size", type=positive_int, default=4)
+    g.add_argument("--seed", type=seed, default=0)
     return g
 
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from ..runtime.budget import RESOURCES, parse_budget
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 from ..runtime.tables import FORMATS, render
-from .structure import PRESET_HELP, _model_arg, _params_m
+from .structure import PRESET_HELP, _model_arg, _params_m, _plan_from_args, check_device, check_out_file, out_path
+from .types import device, non_negative_int, positive_int
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -19,12 +20,12 @@ if TYPE_CHECKING:
 
 # ------------------------------------------------------------------------------------------------- --preset
 def _preset_plan(args: argparse.Namespace) -> int:
-    from ..backbones import build_student, create_plan, read_importance
+    from ..backbones import build_student
     from ..models import load_unet
 
-    unet = load_unet(args.model, meta=True).unet
-    scores = read_importance(args.scores) if args.scores else None
-    plan = create_plan(unet, args.preset, source=args.model, scores=scores)
+    check_out_file(args.out, "-o")
+    loaded, plan = _plan_from_args(args, lambda: load_unet(args.model, meta=True))
+    unet = loaded.unet
     compacted = build_student(unet, plan)  # validates the plan before anything is written
     plan.meta["student_params"] = sum(p.numel() for p in compacted.student.parameters())
     plan.meta["expressible"] = compacted.expressible
@@ -43,6 +44,7 @@ def _latency(args: argparse.Namespace, resource: str):
 
     if not RESOURCES.get(resource).measured:
         return None
+    check_device(args.device)
     dtype = canonical_dtype(args.dtype)
     return LatencySettings(device=args.device, dtype=dtype, runs=args.runs, warmup=args.warmup, progress=True)
 
@@ -97,6 +99,7 @@ def _search_plan(args: argparse.Namespace) -> int:
     from ..search import get_strategy, search
 
     budget = parse_budget(args.target)  # bad budgets and strategies fail before anything is loaded
+    check_out_file(args.out, "-o")
     get_strategy(args.strategy)
     problem = _problem(args, budget.resource)
     result = search(problem, budget, args.strategy)
@@ -119,6 +122,7 @@ def _pareto(args: argparse.Namespace) -> int:
     from ..search import pareto_front
     from ..search.plot import plot_front
 
+    check_out_file(args.out, "-o")
     problem = _problem(args, args.resource)
     df = pareto_front(problem, args.resource, exact=not args.predicted, progress=True)
     plot = args.plot or args.out.with_suffix(".png")
@@ -132,9 +136,9 @@ def _pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    if args.preset:
+    if args.preset is not None:
         return _preset_plan(args)
-    return _search_plan(args) if args.target else _pareto(args)
+    return _search_plan(args) if args.target is not None else _pareto(args)
 
 
 def register(subparsers) -> None:
@@ -161,14 +165,14 @@ def register(subparsers) -> None:
     p.add_argument(
         "--never-remove", nargs="+", metavar="KIND_OR_PATTERN", help="kinds (attention, skip ...) or name patterns"
     )
-    p.add_argument("-o", "--out", required=True, type=Path, help="plan file to write (--pareto: the CSV)")
+    p.add_argument("-o", "--out", required=True, type=out_path, help="plan file to write (--pareto: the CSV)")
     p.add_argument("--resource", choices=RESOURCES.names(), default="params", help="--pareto: the cost axis")
     p.add_argument("--plot", type=Path, help="--pareto: figure to write (default: the CSV's name, .png)")
     p.add_argument("--predicted", action="store_true", help="--pareto: cost model only, no exact count per plan")
     p.add_argument("--format", choices=FORMATS, default="table")
     g = p.add_argument_group("latency budgets (timed on real compute; meta models get fresh weights)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    g.add_argument("--device", type=device, default="cpu", help="cpu or cuda")
     g.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
-    g.add_argument("--runs", type=int, default=5, help="timed runs (after the warm-up)")
-    g.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs")
+    g.add_argument("--runs", type=positive_int, default=5, help="timed runs (after the warm-up)")
+    g.add_argument("--warmup", type=non_negative_int, default=1, help="untimed warm-up runs")
     p.set_defaults(func=cmd_plan)

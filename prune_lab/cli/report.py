@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 from ..runtime.tables import FORMATS, render
-from .structure import PRESET_HELP
+from .structure import MODEL_HELP, PRESET_HELP, check_device
+from .types import device, non_negative_int, positive_int
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,6 +26,7 @@ def _latency_settings(args: argparse.Namespace):
 
     if not args.latency:
         return None
+    check_device(args.device)
     return LatencySettings(
         device=args.device,
         dtype=canonical_dtype(args.dtype),
@@ -42,7 +44,8 @@ def _reports(args: argparse.Namespace) -> list:
     from ..plan import Plan
     from ..report import compare, report
 
-    latency = _latency_settings(args)  # bad settings fail before the model is loaded
+    latency = _latency_settings(args)  # bad settings and plan files fail before the model is loaded
+    plan = Plan.load(args.keep) if args.keep else None
     loaded = load_unet(args.model, meta=True)
     kwargs = dict(resolution=args.resolution, per_unit=args.per_unit, latency=latency)
     if args.steps is not None:
@@ -50,7 +53,7 @@ def _reports(args: argparse.Namespace) -> list:
     if args.compare:
         return compare(loaded, args.compare, **kwargs)
     if args.keep:
-        return [report(loaded, plan=Plan.load(args.keep), variant=args.keep, **kwargs)]
+        return [report(loaded, plan=plan, variant=args.keep, **kwargs)]
     if args.preset:
         return [report(loaded, plan=create_plan(loaded.unet, args.preset, source=args.model), **kwargs)]
     return [report(loaded, **kwargs)]
@@ -119,9 +122,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="parameters, MACs (thop and attention-inclusive) and latency")
-    p.add_argument(
-        "--model", required=True, help="built-in (sd-v1, sd-v2-base, sd-v2, sdxl), pipeline or U-Net folder, or hub id"
-    )
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--keep", help="report the student of this plan.json")
     what.add_argument("--preset", help=f"report the student of a preset: {PRESET_HELP}")
@@ -132,16 +133,20 @@ def register(subparsers) -> None:
         help="the model, then these presets / plan files / model folders (e.g. a `prunelab width` output), side by "
         "side with %% change",
     )
-    p.add_argument("--resolution", type=int, help="image side in pixels (default: the model's, e.g. 512 for sd-v1)")
-    p.add_argument("--steps", type=int, help="denoising steps of a whole generation (default: the report's, 25)")
+    p.add_argument(
+        "--resolution", type=positive_int, help="image side in pixels (default: the model's, e.g. 512 for sd-v1)"
+    )
+    p.add_argument(
+        "--steps", type=positive_int, help="denoising steps of a whole generation (default: the report's, 25)"
+    )
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--per-unit", action="store_true", help="params and MACs of every unit (one profiled forward)")
     p.add_argument("--latency", action="store_true", help="also time the model (needs real compute)")
-    p.add_argument("--device", default="cpu", help="latency device: cpu or cuda")
+    p.add_argument("--device", type=device, default="cpu", help="latency device: cpu or cuda")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="latency dtype")
-    p.add_argument("--runs", type=int, default=10, help="timed runs (after the warm-up)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs")
-    p.add_argument("--threads", type=int, help="CPU threads while timing (default: torch's)")
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs (after the warm-up)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed warm-up runs")
+    p.add_argument("--threads", type=positive_int, help="CPU threads while timing (default: torch's)")
     p.add_argument(
         "--latency-of",
         default="step",

@@ -13,6 +13,8 @@ from ..runtime.tables import FORMATS, render
 from ..scoring.options import AblationOptions, ClipOptions
 from ..scoring.registry import list_criteria
 from .calibration import add_calibration_args, calibration_source
+from .structure import MODEL_HELP, check_device, check_figure_path, check_out_file, library_bars, out_path
+from .types import device, finite_float, positive_int
 
 SHOWN = ["name", "label", "kind", "criterion", "raw", "importance", "rank"]
 
@@ -45,24 +47,38 @@ def cmd_score(args: argparse.Namespace) -> int:
     for flag in ("model", "criterion", "out"):
         if not getattr(args, flag):
             raise ValueError(f"score needs --{flag} (or --compare a.csv b.csv)")
+    check_out_file(args.out, "-o")
+    if args.out.suffix == ".json":
+        raise ValueError(f"-o {args.out}: give the CSV to write (score writes its JSON copy beside it as .json)")
+    if args.save_calib:
+        check_out_file(args.save_calib, "--save-calib")
+    check_device(args.device)
+    fewest = samplers.SAMPLERS.get(args.scheduler).min_steps
+    if args.steps < fewest:
+        raise ValueError(f"--steps {args.steps}: the {args.scheduler} sampler needs at least {fewest} steps")
+    if args.clip_checkpoint:
+        from ..runtime.clip import check_clip_checkpoint
+
+        check_clip_checkpoint(Path(args.clip_checkpoint))
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    run = score_model(
-        args.model,
-        args.criterion,
-        args.out,
-        units=args.units,
-        only=args.only,
-        calibration=calibration_source(args),
-        timesteps=args.timesteps,
-        options=_options(args),
-        dtype=args.dtype,
-        device=args.device,
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    with library_bars(not args.quiet):  # --quiet: no loading bars either, so an error is the only line
+        run = score_model(
+            args.model,
+            args.criterion,
+            args.out,
+            units=args.units,
+            only=args.only,
+            calibration=calibration_source(args),
+            timesteps=args.timesteps,
+            options=_options(args),
+            dtype=args.dtype,
+            device=args.device,
+            resume=args.resume,
+            progress=not args.quiet,
+        )
     if run.table is not None:
         print(render(run.table[SHOWN], args.format))
         note = sys.stderr if args.format in ("csv", "json") else sys.stdout  # keep machine output parseable
@@ -78,6 +94,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from ..plots import plot_scores
     from ..scoring import read_scores
 
+    check_figure_path(args.out, "-o")
+
     written = plot_scores(read_scores(args.scores), args.out, value=args.value)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
@@ -90,7 +108,7 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
         prompts_help="prompts file, one per line: data-free calibration, and the clip prompts",
         exclusive_prompts=False,
     )
-    g.add_argument("--timesteps", type=int, default=2, help="sampled timesteps per sample (default 2)")
+    g.add_argument("--timesteps", type=positive_int, default=2, help="sampled timesteps per sample (default 2)")
 
 
 def _criterion_args(p: argparse.ArgumentParser) -> None:
@@ -111,13 +129,13 @@ def _criterion_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=ClipOptions.steps,
         help=f"denoising steps for generation (default {ClipOptions.steps})",
     )
     g.add_argument(
         "--guidance",
-        type=float,
+        type=finite_float,
         default=ClipOptions.guidance,
         help=f"classifier-free guidance scale (default {ClipOptions.guidance})",
     )
@@ -126,7 +144,7 @@ def _criterion_args(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("score", help="score every unit's importance with one or more criteria")
-    p.add_argument("--model", help="pipeline or U-Net folder, built-in name, or hub id")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument(
         "--criterion",
         nargs="+",
@@ -135,7 +153,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--units", choices=granularities(), default="blocks", help="granularity (default blocks)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="score only these units")
-    p.add_argument("-o", "--out", type=Path, help="scores CSV to write (a JSON copy goes beside it)")
+    p.add_argument("-o", "--out", type=out_path, help="scores CSV to write (a JSON copy goes beside it)")
     p.add_argument("--resume", action="store_true", help="skip the units a killed run with the same settings scored")
     p.add_argument(
         "--compare",
@@ -143,9 +161,9 @@ def register(subparsers) -> None:
         metavar="CSV",
         help="rank agreement (Kendall tau, Spearman) between the criteria of these score files",
     )
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: this process's accelerate device)")
+    p.add_argument("--device", type=device, help="cpu, cuda, cuda:1 ... (default: this process's accelerate device)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _calibration_args(p)
@@ -154,6 +172,6 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("plot", help="bar charts of a scores file (one panel per criterion) + skip chart")
     p.add_argument("scores", help="scores CSV or JSON written by `prunelab score`")
-    p.add_argument("-o", "--out", required=True, type=Path, help="image to write (.png, .pdf, .svg)")
+    p.add_argument("-o", "--out", required=True, type=out_path, help="image to write (.png, .pdf, .svg)")
     p.add_argument("--value", choices=("importance", "raw"), default="importance", help="what the bars show")
     p.set_defaults(func=cmd_plot)

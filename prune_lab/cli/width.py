@@ -7,24 +7,31 @@ import sys
 
 from ..runtime.tables import FORMATS, render
 from .calibration import add_calibration_args, calibration_source
+from .structure import MODEL_HELP, check_out_dir, check_out_file, library_bars, model_inputs
+from .types import non_empty, non_negative_float, non_negative_int, positive_int
 
 
 def cmd_width(args: argparse.Namespace) -> int:
     from ..width import TaylorSettings
     from ..width.run import prune_model_width, width_summary
 
-    run = prune_model_width(
-        args.model,
-        args.out,
-        criterion=args.criterion,
-        target=args.target,
-        round_to=args.round_to or None,
-        calibration=calibration_source(args),
-        taylor=TaylorSettings(args.calib_timesteps, args.timestep_threshold, args.batch_size, args.seed),
-        seed=args.seed,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    check_out_dir(args.out, "--out", overwrite=args.overwrite, inputs=model_inputs(args.model))
+    if args.save_calib:
+        check_out_file(args.save_calib, "--save-calib")
+
+    with library_bars(not args.quiet):
+        run = prune_model_width(
+            args.model,
+            args.out,
+            criterion=args.criterion,
+            target=args.target,
+            round_to=args.round_to or None,
+            calibration=calibration_source(args),
+            taylor=TaylorSettings(args.calib_timesteps, args.timestep_threshold, args.batch_size, args.seed),
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
     print(render(width_summary(run), args.format))
     note = sys.stderr if args.format in ("csv", "json") else sys.stdout
     print(
@@ -37,7 +44,7 @@ def cmd_width(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("width", help="channel-prune a U-Net to a parameter budget (torch-pruning baseline)")
-    p.add_argument("--model", required=True, help="built-in (random weights), pipeline or U-Net folder, or hub id")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument(
         "--criterion",
         default="magnitude",
@@ -52,11 +59,11 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--round-to",
-        type=int,
+        type=non_negative_int,
         default=8,
         help="every pruned width stays a multiple of this (default 8; 1 = only GroupNorm groups and heads)",
     )
-    p.add_argument("--out", required=True, help="output folder (the format `prunelab apply` writes)")
+    p.add_argument("--out", required=True, type=non_empty, help="output folder (the format `prunelab apply` writes)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,13 +75,13 @@ def register(subparsers) -> None:
     )
     g.add_argument(
         "--calib-timesteps",
-        type=int,
+        type=positive_int,
         default=100,
         help="timesteps, evenly spaced and increasing (default 100; Diff-Pruning visits all 1000)",
     )
     g.add_argument(
         "--timestep-threshold",
-        type=float,
+        type=non_negative_float,
         help="Diff-Pruning's timestep selection: stop once the loss drops below THR x its maximum (0.05 "
         "in the paper); default: every timestep",
     )

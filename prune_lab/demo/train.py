@@ -418,6 +418,6 @@ def assemble(work: str | os.PathLike, out: str | os.PathLike = DEMO_DIR, results
 
 def _replace(target: Path, write) -> None:
     """`write(folder)` into a temporary folder that then replaces `target` (the package's own weights folder)."""
-    with atomic_folder(target, replace=shutil.rmtree) as tmp:
+    with atomic_folder(target, overwrite=True) as tmp:
         tmp.rmdir()  # the writers create their folder themselves
         write(tmp)

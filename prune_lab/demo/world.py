@@ -18,7 +18,6 @@ down (anti-aliased edges), then the colour is blended over the background.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,7 +183,7 @@ def write_folder(
         raise ValueError(f"-n must be >= 1, got {count}")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    with atomic_folder(out, replace=shutil.rmtree) as tmp:
+    with atomic_folder(out, overwrite=overwrite) as tmp:
         _draw_into(tmp, world, split, start, count)
     return out
 

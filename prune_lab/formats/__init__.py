@@ -10,7 +10,7 @@ registered in :data:`READERS` (block-pruned: :mod:`.block`; width-pruned: :mod:`
 from __future__ import annotations
 
 import importlib
-import json
+import inspect
 import os
 import shutil
 from collections.abc import Callable
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..runtime.atomic import atomic_folder, write_json
 from ..runtime.registry import Registry
+from ..runtime.validate import as_path, json_type, need, read_json
 
 PRUNED_MARKER = "prune_lab_pruned.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -57,13 +58,14 @@ def model_dir(path: str | os.PathLike) -> Path:
 
 
 def read_marker(folder: Path) -> dict | None:
-    """The parsed export marker in `folder`, or None if there is none."""
+    """The parsed export marker in `folder` (`format` a string, `version` an integer), or None if there is none."""
     marker = folder / PRUNED_MARKER
     if not marker.exists():
         return None
-    info = json.loads(marker.read_text())
-    if not isinstance(info, dict):
-        raise ValueError(f"{marker} is not a JSON object; re-export with `prunelab apply`")
+    fix = "re-export with `prunelab apply`"
+    info = read_json(marker, "export marker", fix=fix)
+    need(info, "format", str, str(marker))
+    need(info, "version", int, str(marker))
     return info
 
 
@@ -80,30 +82,117 @@ def load_pruned(path: str | os.PathLike):
         path: the export folder, or its model subfolder.
 
     Raises:
+        TypeError: `path` is not a str or os.PathLike.
         FileNotFoundError: neither an export marker nor a diffusers config.
-        ValueError: an unknown format, or a version newer than this prune_lab reads.
+        ValueError: an unknown format, a version newer than this prune_lab reads, a marker, config or weights file
+            of the wrong shape.
     """
-    folder = model_dir(path)
+    folder = model_dir(as_path(path, "path"))
     info = read_marker(folder)
     if info is None:
         if (folder / "config.json").exists():
-            from ..backbones import model_class
-
-            name = json.loads((folder / "config.json").read_text()).get("_class_name", "UNet2DConditionModel")
-            return model_class(name).from_pretrained(folder).eval()
+            return load_model_folder(folder).eval()
         raise FileNotFoundError(f"{folder} holds neither a prune_lab export ({PRUNED_MARKER}) nor a diffusers config")
     marker = folder / PRUNED_MARKER
-    reader = READERS.get(info.get("format")) if info.get("format") in READERS else None
+    reader = READERS.get(info["format"]) if info["format"] in READERS else None
     if reader is None:
+        raise ValueError(f"{marker} has format {info['format']!r}; this prune_lab reads: {', '.join(READERS.names())}")
+    if info["version"] > reader.version:
         raise ValueError(
-            f"{marker} has format {info.get('format')!r}; this prune_lab reads: {', '.join(READERS.names())}"
-        )
-    if not isinstance(info.get("version"), int) or info["version"] > reader.version:
-        raise ValueError(
-            f"{marker} has {reader.format} version {info.get('version')!r}; this prune_lab reads up to "
+            f"{marker} has {reader.format} version {info['version']!r}; this prune_lab reads up to "
             f"{reader.version}: upgrade prune_lab"
         )
     return reader.load(folder, info).eval()
+
+
+def read_config(folder: Path) -> tuple[type, dict]:
+    """The model class and config of a diffusers model folder, the config's keys checked against the class.
+
+    A key the class's constructor takes must have the type of its default (a list where the default is a tuple, a
+    number or a list of numbers where it is a number, ...): the check every backbone gets from its classes.
+
+    Raises:
+        ValueError: `config.json` is not a JSON object, names no class prune_lab handles, or a key of a wrong type.
+    """
+    from ..backbones import model_class
+
+    path = folder / "config.json"
+    config = read_json(path, "model config", fix="is this a diffusers model folder?")
+    name = need(config, "_class_name", str, str(path), default="UNet2DConditionModel")
+    try:
+        cls = model_class(name)
+    except ValueError as e:
+        raise ValueError(f"{path} describes a {name}; {str(e).split('; ', 1)[-1]}") from None
+    for key, default in inspect.signature(cls.__init__).parameters.items():
+        if key in config and config[key] is not None and not _fits(config[key], default.default):
+            raise ValueError(
+                f'{path}: "{key}" is {json_type(config[key])} ({config[key]!r:.60}), which a {name} cannot take'
+            )
+    return cls, config
+
+
+def _fits(value, default) -> bool:
+    """`value` (from JSON) has the kind of the constructor default `default` (None / no default: anything); a
+    scalar default also takes a list of such scalars (per-block values)."""
+    if default is None or default is inspect.Parameter.empty:
+        return True
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, list)
+    kinds = (bool,) if isinstance(default, bool) else (int, float) if isinstance(default, (int, float)) else (str,)
+    if not isinstance(default, (bool, int, float, str)):
+        return True
+    if isinstance(value, list):
+        return all(_fits(v, default) for v in value)
+    return isinstance(value, kinds) and (kinds == (bool,) or not isinstance(value, bool))
+
+
+def check_weights(folder: Path, model, *, strict: bool) -> None:
+    """Refuse a weights file in `folder` that is missing, not safetensors, or does not fit `model` (a `meta` one).
+
+    Args:
+        strict: also refuse tensors `model` has no place for (compact exports); plain diffusers folders may hold
+            some (diffusers skips them).
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file and the first tensor that does not fit.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / WEIGHTS_NAME
+    if not path.is_file():
+        others = [f.name for f in folder.glob("diffusion_pytorch_model*") if f.is_file()]
+        if others and not strict:  # sharded, .bin or variant weights: diffusers reads them
+            return
+        raise FileNotFoundError(f"{folder} has no weights ({WEIGHTS_NAME}); copy them there, or re-export the model")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); copy the weights again") from None
+    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(wanted) - set(shapes))
+    extra = sorted(set(shapes) - set(wanted)) if strict else []
+    wrong = sorted(k for k in set(wanted) & set(shapes) if wanted[k] != shapes[k])
+    if missing or extra or wrong:
+        what = (
+            f"lacks the tensor {missing[0]}"
+            if missing
+            else f"holds {wrong[0]} of shape {shapes[wrong[0]]}, the model needs {wanted[wrong[0]]}"
+            if wrong
+            else f"holds {extra[0]}, which the model does not have"
+        )
+        count = len(missing) + len(extra) + len(wrong)
+        raise ValueError(f"{path} does not fit its config: it {what} ({count} tensor(s) differ)")
+
+
+def load_model_folder(folder: Path, dtype=None):
+    """A plain diffusers model folder, its config and weights checked first (:func:`read_config`,
+    :func:`check_weights`)."""
+    from ..backbones import instantiate
+
+    cls, config = read_config(folder)
+    check_weights(folder, instantiate(cls, config), strict=False)
+    return cls.from_pretrained(folder, torch_dtype=dtype)
 
 
 def write_export(
@@ -122,9 +211,8 @@ def write_export(
         FileExistsError: `out_dir` exists and is not empty (and not `overwrite`).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {out_dir} exists and is not empty; pass --overwrite or another --out")
-    with atomic_folder(out_dir, replace=shutil.rmtree) as tmp:
+    inputs = [pipeline_root] if pipeline_root is not None else []  # never replace the teacher
+    with atomic_folder(out_dir, overwrite=overwrite, inputs=inputs) as tmp:
         if pipeline_root is not None:
             shutil.copytree(pipeline_root, tmp, ignore=shutil.ignore_patterns(subfolder), dirs_exist_ok=True)
         write_model(tmp / subfolder)
@@ -147,6 +235,7 @@ def load_weights(skeleton, folder: Path):
     """Load the weights in `folder` strictly into a `meta` `skeleton`; ValueError when they do not fit."""
     from safetensors.torch import load_file
 
+    check_weights(folder, skeleton, strict=True)
     state = load_file(str(folder / WEIGHTS_NAME))
     try:
         skeleton.load_state_dict(state, strict=True, assign=True)

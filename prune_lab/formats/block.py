@@ -14,8 +14,10 @@ from pathlib import Path
 
 from ..backbones import backbone_for, get_backbone
 from ..plan import Plan
+from ..runtime.atomic import check_output_folder
 from ..runtime.loading import LoadedModel
-from . import BLOCK_FORMAT, READERS, Reader, base_config, load_weights, save_weights, write_export
+from ..runtime.validate import as_path, need
+from . import BLOCK_FORMAT, PRUNED_MARKER, READERS, Reader, base_config, load_weights, save_weights, write_export
 
 BLOCK_VERSION = 1
 
@@ -46,9 +48,18 @@ def apply_plan(
 
     Written to a temporary folder next to `out_dir` and renamed at the end, so a failure leaves nothing behind.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"output folder {out_dir} exists and is not empty; pass --overwrite or another --out")
+    if not isinstance(loaded, LoadedModel):
+        raise TypeError(
+            f"apply_plan: loaded must be a LoadedModel (prune_lab.load_unet(...)), got {type(loaded).__name__}"
+        )
+    if not isinstance(plan, Plan):
+        raise TypeError(
+            f"apply_plan: plan must be a Plan (Plan.load(path) or create_plan(...)), got {type(plan).__name__}"
+        )
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"apply_plan: overwrite must be True or False, got {overwrite!r}")
+    out_dir = as_path(out_dir, "out_dir")
+    check_output_folder(out_dir, overwrite=overwrite, inputs=[loaded.root] if loaded.root else [])
     teacher = loaded.unet
     if any(p.is_meta for p in teacher.parameters()):
         raise ValueError("cannot export a model with meta (structure-only) weights; load real weights")
@@ -94,8 +105,10 @@ def apply_plan(
 
 def load_block(folder: Path, info: dict):
     """Rebuild a block-pruned export: the backbone's compact skeleton of the plan, weights loaded strictly."""
-    plan = Plan.from_dict(info["plan"], str(folder / "prune_lab_pruned.json"))
-    skeleton = get_backbone(info.get("backbone", "unet")).rebuild(info["base_config"], plan)
+    where = str(folder / PRUNED_MARKER)
+    plan = Plan.from_dict(need(info, "plan", dict, where), where)
+    backbone = get_backbone(need(info, "backbone", str, where, default="unet"))
+    skeleton = backbone.rebuild(need(info, "base_config", dict, where), plan)
     return load_weights(skeleton, folder)
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -89,32 +89,77 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
         yield f
 
 
-@contextmanager
-def atomic_folder(path: str | os.PathLike, *, replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `path`; it becomes `path` when the block succeeds.
+#: Written into every folder prune_lab creates, so that `--overwrite` can prove a folder is its own before removing it.
+OUTPUT_MARKER = ".prunelab-output"
 
-    Args:
-        path: the destination folder. If it exists it must be empty, unless `replace` is given.
-        replace: called with `path` when it exists and is not empty, just before the rename (it must remove it:
-            the caller decides whether that is allowed, e.g. only for a folder prune_lab wrote).
+
+def check_removable(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse (FileExistsError) to remove `path` unless it is a folder prune_lab wrote and holds nothing the run reads.
+
+    A folder qualifies when it holds :data:`OUTPUT_MARKER` and is neither the file-system root, the working
+    directory or one of its parents, an input of the run, nor a parent of one.
+    """
+    path = Path(path).resolve()
+    here = Path.cwd().resolve()
+    if path == Path(path.anchor) or path == here or path in here.parents:
+        raise FileExistsError(
+            f"refusing to replace {path}: it is the working directory, a parent of it, or /; "
+            "choose another output folder"
+        )
+    for item in inputs:
+        item = Path(item).resolve()
+        if item == path or path in item.parents:
+            raise FileExistsError(
+                f"refusing to replace {path}: it holds the input {item}; choose another output folder"
+            )
+    if not (path / OUTPUT_MARKER).is_file():
+        raise FileExistsError(
+            f"refusing to replace {path}: prune_lab did not write it (no {OUTPUT_MARKER}); "
+            "remove it yourself or choose another output folder"
+        )
+
+
+def check_output_folder(
+    path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()
+) -> None:
+    """Refuse an output folder before any work: a file there, or a non-empty folder that may not be replaced.
 
     Raises:
-        FileExistsError: `path` exists, is not empty and no `replace` was given.
+        FileExistsError: `path` is a file; or a non-empty folder, without `overwrite` or not :func:`check_removable`.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder; choose another output path")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output folder {path} exists and is not empty; pass --overwrite or another --out")
+        check_removable(path, inputs=inputs)
+
+
+@contextmanager
+def atomic_folder(
+    path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; it becomes `path`, marked as prune_lab's, when the block ends.
+
+    Args:
+        path: the destination folder; if it exists and is not empty it is replaced only with `overwrite`, and only
+            when :func:`check_removable` allows it (checked before any work).
+        inputs: what the run reads (never replaced, nor a folder holding one).
+
+    Raises:
+        FileExistsError: `path` is a file, or a non-empty folder that may not be replaced.
+    """
+    path = Path(path)
+    check_output_folder(path, overwrite=overwrite, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        tmp.mkdir(exist_ok=True)
+        (tmp / OUTPUT_MARKER).write_text("written by prune_lab; --overwrite may replace this folder\n")
         if path.exists():
-            if any(path.iterdir()):
-                if replace is None:
-                    raise FileExistsError(f"output folder {path} exists and is not empty")
-                replace(path)
-            else:
-                path.rmdir()
+            shutil.rmtree(path) if any(path.iterdir()) else path.rmdir()
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)

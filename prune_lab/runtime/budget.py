@@ -115,6 +115,8 @@ def parse_budget(text: str) -> Budget:
         ValueError: not `NAME=VALUE`, an unknown resource or unit, a value that is not positive, a fraction
             above 1.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"parse_budget: the budget (--target) must be a string like {_EXAMPLE[5:]}, got {text!r:.60}")
     name, number, unit = split_budget(text)
     resource = get_resource(name)
     if unit == "":

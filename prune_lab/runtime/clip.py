@@ -209,6 +209,34 @@ def _missing_weights(model: str, pretrained: str | None, error: Exception) -> Fi
     )
 
 
+def check_clip_checkpoint(path: Path) -> None:
+    """Refuse a user's CLIP checkpoint that is not a readable safetensors file, or a torch file that does not load
+    with `weights_only=True` (a pickle that could run code when loaded)."""
+    import pickle
+
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    if path.is_dir():
+        raise ValueError(f"--clip-checkpoint {path} is a folder; pass the weights file")
+    if not path.is_file():
+        raise FileNotFoundError(f"--clip-checkpoint {path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except SafetensorError as e:
+            raise ValueError(f"--clip-checkpoint {path} is not a readable safetensors file ({e})") from None
+        return
+    try:
+        torch.load(path, map_location="meta", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
+        raise ValueError(
+            f"--clip-checkpoint {path} does not load as plain weights ({str(e).splitlines()[0][:100]}); prune_lab "
+            "refuses checkpoints that could run code when loaded: use a .safetensors copy"
+        ) from None
+
+
 def load_clip(
     name: str = DEFAULT_CLIP_MODEL,
     pretrained: str | None = DEFAULT_CLIP_PRETRAINED,
@@ -226,6 +254,8 @@ def load_clip(
     import open_clip
 
     model, spec = clip_model_name(name)
+    if checkpoint is not None:
+        check_clip_checkpoint(Path(checkpoint))
     if checkpoint is None and spec is not None:
         checkpoint = spec.checkpoint
     if checkpoint is not None and not Path(checkpoint).is_file():

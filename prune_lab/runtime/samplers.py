@@ -39,11 +39,13 @@ class SamplerSpec:
         class_name: a diffusers scheduler class (`diffusers.<class_name>`).
         overrides: config values set on top of the pipeline's scheduler config.
         description: one line for listings.
+        min_steps: the fewest denoising steps it can take (PNDM's PLMS steps need two).
     """
 
     class_name: str
     overrides: dict = field(default_factory=dict)
     description: str = ""
+    min_steps: int = 1
 
     def scheduler_class(self) -> type:
         """The diffusers scheduler class (imports diffusers)."""
@@ -58,7 +60,8 @@ class SamplerSpec:
 
 SAMPLERS: Registry[SamplerSpec] = Registry("sampler", hint="the --scheduler choices")
 SAMPLERS.register(
-    "pndm", SamplerSpec("PNDMScheduler", {"skip_prk_steps": True}, "PNDM (Liu et al., 2022), PLMS steps only")
+    "pndm",
+    SamplerSpec("PNDMScheduler", {"skip_prk_steps": True}, "PNDM (Liu et al., 2022), PLMS steps only", min_steps=2),
 )
 SAMPLERS.register("ddim", SamplerSpec("DDIMScheduler", description="DDIM (Song et al., 2021), eta 0"))
 SAMPLERS.register("euler", SamplerSpec("EulerDiscreteScheduler", description="Euler (Karras et al., 2022), no churn"))

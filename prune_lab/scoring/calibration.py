@@ -27,6 +27,7 @@ from ..runtime.atomic import write_with
 from ..runtime.generation import initial_latents, sample
 from ..runtime.readers import crop_tensor, read_image_text, read_rgb
 from ..runtime.schedule import training_target
+from ..runtime.validate import as_path, check_input_file
 
 CACHE_FORMAT = "prune_lab.calibration"
 
@@ -101,11 +102,19 @@ def encode_prompts(pipe, prompts: list[str], batch_size: int = 8) -> torch.Tenso
 
 @torch.no_grad()
 def calibration_from_folder(
-    pipe, folder: str | os.PathLike, *, samples: int, resolution: int | None = None, seed: int = 0, batch_size: int = 8
+    pipe,
+    folder: str | os.PathLike,
+    *,
+    samples: int,
+    resolution: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    rows: list | None = None,
 ) -> Calibration:
-    """Encode the first `samples` image-caption pairs of `folder` with the pipeline's VAE and text encoder."""
+    """Encode the first `samples` image-caption pairs of `folder` (or its `rows`, already read) with the pipeline's
+    VAE and text encoder."""
     _require_single_text_encoder(pipe)
-    rows = read_image_text(folder)[:samples]
+    rows = (rows if rows is not None else read_image_text(folder))[:samples]
     resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     vae, generator = pipe.vae, torch.Generator().manual_seed(seed)
     latents = []
@@ -178,16 +187,24 @@ def load_calibration(path: str | os.PathLike, unet: nn.Module) -> Calibration:
     Raises:
         FileNotFoundError / ValueError: missing file, not a prune_lab cache, or shapes that do not fit the model.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration cache {path} does not exist; write one with --save-calib")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{path} is not a prune_lab calibration cache; write one with --save-calib")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    fix = "write one with --save-calib"
+    path = check_input_file(as_path(path, "path"), "calibration cache", fix)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != CACHE_FORMAT:
+                raise ValueError(f"{path} is not a prune_lab calibration cache; {fix}")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise ValueError(f"calibration cache {path} is not a readable safetensors file ({e}); {fix}") from None
+    if "latents" not in tensors or tensors["latents"].ndim != 4:
+        raise ValueError(f"calibration cache {path} holds no 4-d latents; {fix}")
+    if "embeddings" in tensors and (
+        tensors["embeddings"].ndim != 3 or len(tensors["embeddings"]) != len(tensors["latents"])
+    ):
+        raise ValueError(f"calibration cache {path}: its embeddings are not one (tokens x width) per latent; {fix}")
     added = {k: tensors[k] for k in ("text_embeds", "time_ids") if k in tensors} or None
     calib = Calibration(tensors["latents"], tensors.get("embeddings"), added, meta.get("source", str(path)))
     _check_fits(calib, unet, path)

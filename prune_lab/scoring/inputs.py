@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtime.readers import read_prompt_lines
+from ..runtime.readers import read_image_text, read_prompt_lines
 from ..runtime.schedule import noise_scheduler
 from .calibration import (
     Calibration,
@@ -75,7 +75,17 @@ class CalibrationSource:
         return self.kind in ("folder", "prompts")
 
 
-def _read(loaded, source: CalibrationSource, pipeline) -> Calibration:
+def read_source(source: CalibrationSource) -> list | None:
+    """The rows (image folder) or prompts (prompts file) `source` names, read before any pipeline is loaded, so a
+    bad file fails first; None for the other sources."""
+    if source.kind == "folder":
+        return read_image_text(source.folder)[: source.samples]
+    if source.kind == "prompts":
+        return read_prompt_lines(source.prompts)[: source.samples]
+    return None
+
+
+def _read(loaded, source: CalibrationSource, pipeline, rows: list | None) -> Calibration:
     unet, kind = loaded.unet, source.kind
     if kind == "cache":
         return load_calibration(source.cache, unet)
@@ -83,14 +93,14 @@ def _read(loaded, source: CalibrationSource, pipeline) -> Calibration:
         return synthetic_calibration(unet, samples=source.samples, seed=source.seed)
     common = dict(seed=source.seed, batch_size=source.batch_size)
     if kind == "folder":
-        return calibration_from_folder(pipeline, source.folder, samples=source.samples, **common)
+        return calibration_from_folder(pipeline, source.folder, samples=source.samples, rows=rows, **common)
     generation = {k: v for k, v in (("steps", source.steps), ("guidance", source.guidance)) if v is not None}
-    return calibration_from_prompts(
-        pipeline, read_prompt_lines(source.prompts)[: source.samples], **common, **generation
-    )
+    return calibration_from_prompts(pipeline, rows, **common, **generation)
 
 
-def calibrate(loaded, source: CalibrationSource, *, pipeline=None, needed_by: str = "this command"):
+def calibrate(
+    loaded, source: CalibrationSource, *, pipeline=None, needed_by: str = "this command", rows: list | None = None
+):
     """The calibration set `source` names, and the model's training noise schedule.
 
     Args:
@@ -98,6 +108,7 @@ def calibrate(loaded, source: CalibrationSource, *, pipeline=None, needed_by: st
         source: where the data comes from.
         pipeline: the model's pipeline, when already loaded (else loaded here if the source needs one).
         needed_by: who asks, for the error message (`criterion 'taylor'`).
+        rows: what :func:`read_source` read, when already read (else read here, before any pipeline loads).
 
     Returns:
         `(calibration, scheduler)`.
@@ -110,9 +121,10 @@ def calibrate(loaded, source: CalibrationSource, *, pipeline=None, needed_by: st
             f"{needed_by} needs calibration data: pass --calib-dir DIR, --prompts FILE, --calib-cache FILE or "
             "--synthetic"
         )
+    rows = rows if rows is not None else read_source(source)
     if source.needs_pipeline and pipeline is None:
         pipeline = load_pipeline(loaded, loaded.unet.device)
-    calib = _read(loaded, source, pipeline)
+    calib = _read(loaded, source, pipeline, rows)
     if source.save:
         save_calibration(calib, source.save)
     return calib, noise_scheduler(pipeline if pipeline is not None else loaded.root)
@@ -161,19 +173,20 @@ def build_scoring_inputs(
     unet = loaded.unet if loaded is not None else pipeline.unet
     needs, source = _needs(criteria), calibration or CalibrationSource()
     wants_batches = "batches" in needs and batches is None
+    rows = read_source(source) if wants_batches or "pipeline" in needs else None  # files fail before loading
+    if prompts is None and "pipeline" in needs and source.prompts:
+        prompts = rows if source.kind == "prompts" else read_prompt_lines(source.prompts)[: source.samples]
     if pipeline is None and ("pipeline" in needs or (wants_batches and source.needs_pipeline)):
         pipeline = load_pipeline(loaded, unet.device)
     where = None
     if wants_batches:
         asking = [c for c in criteria if "batches" in get_criterion(c).needs]
         who = f"scoring with {' and '.join(asking)}"
-        calib, scheduler = calibrate(loaded, source, pipeline=pipeline, needed_by=who)
+        calib, scheduler = calibrate(loaded, source, pipeline=pipeline, needed_by=who, rows=rows)
         batches = denoising_batches(
             calib, scheduler, timesteps=timesteps, batch_size=source.batch_size, seed=source.seed
         )
         where = calib.source
-    if prompts is None and "pipeline" in needs and source.prompts:
-        prompts = read_prompt_lines(source.prompts)[: source.samples]
     if isinstance(options, Mapping):
         options = criterion_options(options, criteria or None)
     seed = source.seed if seed is None else seed

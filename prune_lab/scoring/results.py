@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..runtime.atomic import write_text
+from ..runtime.validate import read_score_table
 from .groups import ScoreUnit
 
 COLUMNS = ["name", "label", "kind", "params", "macs", "substitute", "criterion", "metric", "raw", "importance", "rank"]
@@ -85,17 +86,7 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     Raises:
         FileNotFoundError / ValueError: missing file, or not a score table.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"scores file {path} does not exist; write one with `prunelab score`")
-    if path.suffix == ".json":
-        df = pd.DataFrame(json.loads(path.read_text()).get("scores", []))
-    else:
-        df = pd.read_csv(path)
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path} is not a score table (no column {missing[0]!r}); write it with `prunelab score`")
-    return df
+    return read_score_table(path, REQUIRED)
 
 
 def _series(tables: list[tuple[str, pd.DataFrame]]) -> dict[str, pd.Series]:

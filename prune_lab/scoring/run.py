@@ -86,6 +86,8 @@ def score_model(
     Raises:
         ValueError / FileNotFoundError: unknown criterion, option, unit or dtype; missing or unreadable data.
     """
+    import torch
+
     from ..backbones import walk
     from ..models import load_unet
     from ..runtime.dtypes import canonical_dtype, parse_dtype
@@ -96,8 +98,11 @@ def score_model(
     for name in criteria:
         get_criterion(name)  # unknown names fail before anything is loaded
     dtype = canonical_dtype(dtype)
+    device = torch.device(device or process_state().device)
+    if dtype == "float16" and device.type == "cpu":
+        raise ValueError("dtype float16 (--dtype) needs a GPU; on the CPU score in float32 (the default)")
     loaded = load_unet(model, dtype=parse_dtype(dtype))
-    loaded.unet.to(device or process_state().device)
+    loaded.unet.to(device)
     graph = walk(loaded.unet)
     todo = score_units(graph, units, list(only) if only else None)  # bad names fail before data is read
     source = calibration or CalibrationSource()

@@ -17,7 +17,6 @@ Never a pickled module: a rebuilt model is a fresh diffusers U-Net whose layers 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -33,10 +32,12 @@ from ..formats import (
     export_format,
     load_weights,
     model_dir,
+    read_marker,
     save_weights,
     write_export,
 )
 from ..runtime.loading import LoadedModel
+from ..runtime.validate import need
 from .widths import changed_widths, resize
 
 WIDTH_VERSION = 1
@@ -103,16 +104,18 @@ def load_width(path: str | os.PathLike, info: dict | None = None) -> nn.Module:
     marker = folder / PRUNED_MARKER
     if not marker.is_file():
         raise FileNotFoundError(f"{path} holds no {PRUNED_MARKER}; write one with `prunelab width --out DIR`")
-    info = info or json.loads(marker.read_text())
-    if info.get("format") != WIDTH_FORMAT:
-        raise ValueError(f"{marker} is a {info.get('format')!r} export, not a width-pruned U-Net")
-    if info.get("version", 0) > WIDTH_VERSION:
+    info = info or read_marker(folder)
+    if info["format"] != WIDTH_FORMAT:
+        raise ValueError(f"{marker} is a {info['format']!r} export, not a width-pruned U-Net")
+    if info["version"] > WIDTH_VERSION:
         raise ValueError(
             f"{marker} has width-format version {info['version']}; this prune_lab reads up to "
             f"{WIDTH_VERSION}: upgrade prune_lab"
         )
-    base = dict(info["base_config"])
-    skeleton = resize(instantiate(model_class(base.pop("_class_name")), base, meta=True), info["widths"])
+    base = dict(need(info, "base_config", dict, str(marker)))
+    name = need(base, "_class_name", str, f"{marker} base_config")
+    widths = need(info, "widths", dict, str(marker))
+    skeleton = resize(instantiate(model_class(name), {k: v for k, v in base.items() if k != "_class_name"}), widths)
     return load_weights(skeleton, folder).eval()
 
 
