@@ -17,7 +17,6 @@ Processes: process ``k`` of ``n`` takes prompt indices ``k, k+n, k+2n, ...`` (ru
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -33,10 +32,14 @@ from .. import pipelines
 from ..runtime import samplers
 from ..runtime.atomic import atomic_path, write_json
 from ..runtime.generation import sample
+from ..runtime.readers import read_json
 from .images import image_name
 
 #: Image formats by extension (JPEG at PIL's default quality 75 is what BK-SDM's scripts wrote).
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
+
+#: Image sides must be a multiple of this: the VAEs of SD, SDXL and the demo pipeline downsample by 8 or less.
+LATENT_FACTOR = 8
 
 #: `generation.json` keys that must agree when a folder is resumed.
 PIXEL_KEYS = ("model", "steps", "guidance", "scheduler", "resolution", "seed", "dtype", "ext")
@@ -71,6 +74,11 @@ class GenerationConfig:
             raise ValueError(f"unknown image format {self.ext!r}; choose one of {', '.join(IMAGE_FORMATS)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps ({self.steps}) and batch size ({self.batch_size}) must be at least 1")
+        if self.resolution is not None and (self.resolution < LATENT_FACTOR or self.resolution % LATENT_FACTOR):
+            raise ValueError(
+                f"--resolution {self.resolution} is not a positive multiple of {LATENT_FACTOR} (the VAE's "
+                f"downsampling factor); use e.g. {max(1, self.resolution // LATENT_FACTOR) * LATENT_FACTOR}"
+            )
 
 
 @dataclass
@@ -132,9 +140,15 @@ def check_resume(out_dir: str | os.PathLike, settings: dict) -> None:
         ValueError: the folder was started with other settings.
     """
     path = Path(out_dir) / "generation.json"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
-    old = json.loads(path.read_text())
+    old = read_json(path, "generation.json")
+    for key in PIXEL_KEYS:
+        if key in old and not isinstance(old[key], (str, int, float, type(None))):
+            raise ValueError(
+                f"{path}: {key!r} is a {type(old[key]).__name__}, not a setting; this is not a generate folder "
+                "(use another --out, or remove the file)"
+            )
     known = [k for k in PIXEL_KEYS if settings.get(k) is not None]
     diff = {k: (old.get(k), settings[k]) for k in known if old.get(k) != settings[k]}
     if diff:
