@@ -9,6 +9,7 @@ from pathlib import Path
 from ..backbones import feature_scopes
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 from . import types as T
+from .outputs import check_folder
 
 #: accelerate's `mixed_precision` name of each canonical dtype (`--mixed-precision` takes every spelling, or `no`).
 ACCELERATE_PRECISION = {"float32": "no", "float16": "fp16", "bfloat16": "bf16"}
@@ -49,24 +50,29 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> int:
+    from ..models import resolve_model
+
+    root = Path(resolve_model(args.model))
+    check_folder("--out", args.out, overwrite=args.overwrite, inputs=[args.data, root], resumable=True)
+
     import torch
 
-    from ..distill.data import write_latent_cache
+    from ..distill.data import prepare_latent_cache, write_latent_cache
     from ..distill.encoders import load_encoders
     from ..runtime.dtypes import parse_dtype
 
-    root = Path(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
+    options = dict(resolution=args.resolution, shard_size=args.shard_size, dtype=parse_dtype(args.dtype))
+    prepare_latent_cache(args.data, args.out, flip=not args.no_flip, overwrite=args.overwrite, **options)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     encoders = load_encoders(root, dtype=dtype, device=device)  # raises unless `root` is a pipeline folder
     summary = write_latent_cache(
         encoders,
         args.data,
         args.out,
-        resolution=args.resolution,
+        **options,
         batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        dtype=parse_dtype(args.dtype),
         flip=not args.no_flip,
         source=str(args.model),
         scheduler_dir=root / "scheduler",
@@ -79,8 +85,33 @@ def cmd_cache_latents(args: argparse.Namespace) -> int:
         + (f" ({summary.resumed_shards} shard(s) kept from an earlier run)" if summary.resumed_shards else "")
     )
     if summary.skipped:
-        print(f"skipped {len(summary.skipped)} unreadable image(s), e.g. {summary.skipped[0]}")
+        print(f"skipped {len(summary.skipped)} unreadable image(s): {', '.join(summary.skipped[:5])}")
     return 0
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use here (`--device cuda` without a driver), before any model loads.
+
+    Raises:
+        ValueError: the device is not available.
+    """
+    import torch
+
+    kind = torch.device(device).type
+    available = {
+        "cpu": True,
+        "meta": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(kind, False):
+        raise ValueError(f"--device {device} is not available on this machine; use cpu or an available device")
+    if (
+        kind == "cuda"
+        and torch.device(device).index is not None
+        and torch.device(device).index >= torch.cuda.device_count()
+    ):
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _distill_parser(p: argparse.ArgumentParser) -> None:

@@ -28,7 +28,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ..runtime.atomic import write_json, write_with
+from ..runtime.atomic import OUTPUT_MARKER, check_removable, write_json, write_with
+from ..runtime.generation import check_resolution
 from ..runtime.readers import crop_tensor, read_image_text, read_rgb
 from .encoders import FrozenEncoders, encode_moments
 
@@ -100,6 +101,20 @@ class ImageTextFolder(Dataset):
             "original_size": size,
             "crop_top_left": torch.tensor([top, left]),
         }
+
+    def first_readable(self) -> int:
+        """The index of the first image that decodes (usually 0: one image is read).
+
+        Raises:
+            ValueError: no image of the folder can be read (naming the folder and the first one).
+        """
+        for i in range(len(self)):
+            if self.load(i) is not None:
+                return i
+        raise ValueError(
+            f"--data {self.folder}: none of its {len(self)} images can be read (e.g. {self.rows[0].file_name}); "
+            "fix or replace the images"
+        )
 
     def __getitem__(self, key) -> dict:
         epoch, index = _key(key)
@@ -264,6 +279,69 @@ def _read_shard(path: Path, settings: dict) -> tuple[int, list[str], set[str]]:
     return int(meta["count"]), json.loads(meta["skipped"]), {k[5:] for k in names if k.startswith("cond.")}
 
 
+def _cache_settings(folder: ImageTextFolder, resolution: int, flip: bool, dtype: torch.dtype, shard_size: int) -> dict:
+    return {
+        "resolution": resolution,
+        "flip": flip,
+        "dtype": str(dtype).removeprefix("torch."),
+        "shard_size": shard_size,
+        "images": len(folder),
+    }
+
+
+def _check_resume(out_dir: Path, settings: dict) -> int:
+    """The number of finished shards in `out_dir`, after checking each was written with `settings`.
+
+    Raises:
+        ValueError: a shard that cannot be read, or one written with other settings (both values named).
+    """
+    from safetensors import SafetensorError
+
+    shards = sorted(out_dir.glob("shard-*.safetensors"))
+    for path in shards:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                old = json.loads(f.metadata().get("settings", "{}"))
+        except (SafetensorError, OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a readable cache shard ({e}); pass --overwrite to start again") from None
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k} {a!r} (then) vs {b!r} (now)" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"--out {out_dir} holds a partial cache written with other settings: {what}; pass the same settings "
+                "to resume, or --overwrite to start again"
+            )
+    return len(shards)
+
+
+def prepare_latent_cache(
+    data, out_dir, *, resolution: int, shard_size: int, dtype: torch.dtype, flip: bool, overwrite: bool = False
+) -> tuple[ImageTextFolder, dict]:
+    """Check a cache run before any encoder loads or anything is written: the data folder's rows, the output folder
+    (a finished cache needs `overwrite`), and that a partial cache there was written with the same settings.
+
+    Returns:
+        The image-text folder and the shard settings.
+
+    Raises:
+        FileNotFoundError / ValueError: bad data (file and row named).
+        FileExistsError: a finished cache without `overwrite`.
+        ValueError: a partial cache with other settings.
+    """
+    check_resolution(resolution)
+    out_dir = Path(out_dir)
+    folder = ImageTextFolder(data, resolution, flip=False)
+    folder.first_readable()
+    settings = _cache_settings(folder, resolution, flip, dtype, shard_size)
+    if overwrite:
+        return folder, settings
+    if (out_dir / CACHE_INDEX).exists():
+        raise FileExistsError(f"--out {out_dir} already holds a finished cache; pass --overwrite or another --out")
+    if out_dir.is_dir():
+        _check_resume(out_dir, settings)
+    return folder, settings
+
+
 def write_latent_cache(
     encoders: FrozenEncoders,
     data,
@@ -283,40 +361,54 @@ def write_latent_cache(
     """Encode an image-text folder once: VAE posteriors (+ flipped) and conditioning, in safetensors shards.
 
     Resumable: finished shards (written with the same settings) are kept on a rerun; `cache.json` is written last,
-    so a folder without it is never read as a cache. Corrupt images are skipped and listed in `cache.json`.
+    so a folder without it is never read as a cache. The folder carries prune_lab's output marker from its first
+    shard on, so `--overwrite` may replace it (:func:`prune_lab.runtime.atomic.check_removable`: never the data,
+    the working directory or a folder prune_lab did not write). Corrupt images are skipped and listed in
+    `cache.json`; a cache of no readable image is an error (and leaves no folder behind).
     """
     out_dir = Path(out_dir)
-    if (out_dir / CACHE_INDEX).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a finished cache; pass --overwrite or another --out")
-    if overwrite and out_dir.exists():
+    folder, settings = prepare_latent_cache(
+        data, out_dir, resolution=resolution, shard_size=shard_size, dtype=dtype, flip=flip, overwrite=overwrite
+    )
+    if overwrite and out_dir.exists() and any(out_dir.iterdir()):
+        check_removable(out_dir, inputs=[data])
         shutil.rmtree(out_dir)
-    folder = ImageTextFolder(data, resolution, flip=False)
+    created = not out_dir.exists()
+    try:
+        return _write_cache(
+            encoders, folder, out_dir, settings, batch_size, num_workers, source, scheduler_dir, progress
+        )
+    except Exception:
+        if created and not any(p.name != OUTPUT_MARKER for p in out_dir.glob("*")):
+            shutil.rmtree(out_dir, ignore_errors=True)  # this run made it and wrote no shard: leave nothing behind
+        raise
+
+
+def _write_cache(
+    encoders, folder, out_dir: Path, settings: dict, batch_size, num_workers, source, scheduler_dir, progress
+) -> CacheSummary:
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "resolution": resolution,
-        "flip": flip,
-        "dtype": str(dtype).removeprefix("torch."),
-        "shard_size": shard_size,
-        "images": len(folder),
-    }
+    (out_dir / OUTPUT_MARKER).write_text("written by prune_lab; --overwrite may replace this folder\n")
+    shard_size = settings["shard_size"]
     shards, skipped, cond, resumed = [], [], set(), 0
     for s, start in enumerate(tqdm(range(0, len(folder), shard_size), desc="cache shards", disable=not progress)):
         path = out_dir / f"shard-{s:05d}.safetensors"
         if path.exists():
             resumed += 1
         else:
-            _write_shard(
-                encoders,
-                folder,
-                range(start, min(start + shard_size, len(folder))),
-                path,
-                settings,
-                batch_size,
-                num_workers,
-            )
+            indices = range(start, min(start + shard_size, len(folder)))
+            _write_shard(encoders, folder, indices, path, settings, batch_size, num_workers)
         count, bad, names = _read_shard(path, settings)
         shards.append({"file": path.name, "count": count})
         skipped, cond = skipped + bad, cond | names
+    total = sum(s["count"] for s in shards)
+    if total == 0:
+        for shard in shards:
+            (out_dir / shard["file"]).unlink()
+        raise ValueError(
+            f"--data {folder.folder}: none of its {len(folder)} images can be read (e.g. {skipped[0]}); "
+            "fix or replace the images"
+        )
     if scheduler_dir is not None and Path(scheduler_dir).is_dir():
         shutil.copytree(scheduler_dir, out_dir / "scheduler", dirs_exist_ok=True)
     index = {
@@ -327,7 +419,7 @@ def write_latent_cache(
         "scaling_factor": encoders.scaling_factor,
         "shift_factor": encoders.shift_factor,
         "cond": sorted(cond),
-        "count": sum(s["count"] for s in shards),
+        "count": total,
         "shards": shards,
         "skipped": skipped,
     }

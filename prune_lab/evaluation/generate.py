@@ -31,15 +31,12 @@ from tqdm.auto import tqdm
 from .. import pipelines
 from ..runtime import samplers
 from ..runtime.atomic import atomic_path, write_json
-from ..runtime.generation import sample
+from ..runtime.generation import check_resolution, sample
 from ..runtime.readers import read_json
 from .images import image_name
 
 #: Image formats by extension (JPEG at PIL's default quality 75 is what BK-SDM's scripts wrote).
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG"}
-
-#: Image sides must be a multiple of this: the VAEs of SD, SDXL and the demo pipeline downsample by 8 or less.
-LATENT_FACTOR = 8
 
 #: `generation.json` keys that must agree when a folder is resumed.
 PIXEL_KEYS = ("model", "steps", "guidance", "scheduler", "resolution", "seed", "dtype", "ext")
@@ -74,11 +71,7 @@ class GenerationConfig:
             raise ValueError(f"unknown image format {self.ext!r}; choose one of {', '.join(IMAGE_FORMATS)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps ({self.steps}) and batch size ({self.batch_size}) must be at least 1")
-        if self.resolution is not None and (self.resolution < LATENT_FACTOR or self.resolution % LATENT_FACTOR):
-            raise ValueError(
-                f"--resolution {self.resolution} is not a positive multiple of {LATENT_FACTOR} (the VAE's "
-                f"downsampling factor); use e.g. {max(1, self.resolution // LATENT_FACTOR) * LATENT_FACTOR}"
-            )
+        check_resolution(self.resolution)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..runtime.atomic import write_csv
-from ..runtime.readers import json_field, read_json, read_prompt_lines
+from ..runtime.readers import json_field, read_csv_records, read_json, read_prompt_lines
 
 PROMPT_COLUMNS = ["file_name", "text"]
 
@@ -60,13 +60,14 @@ def read_prompts(path: str | os.PathLike) -> pd.DataFrame:
         ValueError: no ``text`` column, empty prompts, or duplicate image names.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
             f"prompt file {path} does not exist (make one with prunelab coco-prompts, or a .txt "
             "with one prompt per line)"
         )
     if path.suffix.lower() == ".csv":
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        columns, records = read_csv_records(path, "prompt file")
+        df = pd.DataFrame(records, columns=columns, dtype=object).replace({"": None})
         if "text" not in df.columns:
             raise ValueError(
                 f"{path} has no 'text' column (columns: {', '.join(map(str, df.columns))}); a prompt CSV "
