@@ -29,8 +29,14 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    from ..distill.files import find_resume
     from ..distill.recipe import DistillRecipe, DivergedError
 
+    find_resume(args.out, args.resume)  # first: a planted checkpoint is named as such
+    resuming = args.resume is not None  # else a non-empty --out is refused by the recipe, suggesting --resume
+    check_folder(
+        "--out", args.out, inputs=[args.teacher, args.student, args.data], resumable=resuming, keep=not resuming
+    )
     recipe = DistillRecipe(config_from_args(args))
     try:
         result = recipe.run()
@@ -44,7 +50,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     last = ", ".join(f"{k} {v:.4g}" for k, v in result.last.items() if not k.startswith("feat:"))
     print(f"trained {result.step} steps ({last}); losses per step in {result.out_dir / 'losses.csv'}")
     if result.bad_images:
-        print(f"skipped {len(result.bad_images)} unreadable image(s), e.g. {result.bad_images[0]}")
+        print(f"skipped {len(result.bad_images)} unreadable image(s) of --data: {', '.join(result.bad_images[:5])}")
     print(f"wrote the student to {result.exported} (load with prune_lab.load_pruned('{result.exported}'))")
     return 0
 

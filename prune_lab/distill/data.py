@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..runtime.atomic import OUTPUT_MARKER, check_removable, write_json, write_with
 from ..runtime.generation import check_resolution
-from ..runtime.readers import crop_tensor, read_image_text, read_rgb
+from ..runtime.readers import crop_tensor, json_field, read_image_text, read_json, read_rgb
 from .encoders import FrozenEncoders, encode_moments
 
 CACHE_FORMAT, CACHE_VERSION, CACHE_INDEX = "prune_lab.latent_cache", 1, "cache.json"
@@ -77,10 +77,38 @@ class ImageTextFolder(Dataset):
         flip: random left-right flips (off when writing a cache: the cache stores both orientations).
     """
 
-    def __init__(self, folder, resolution: int = 512, seed: int = 0, flip: bool = True) -> None:
+    def __init__(self, folder, resolution: int = 512, seed: int = 0, flip: bool = True, scan: bool = False) -> None:
         self.folder = Path(folder)
         self.rows = read_image_text(self.folder)
         self.resolution, self.seed, self.flip = resolution, seed, flip
+        #: `file_name` of every image left out by the scan
+        self.skipped: list[str] = []
+        if scan:
+            self._scan()
+
+    def _scan(self) -> None:
+        """Leave out the images that do not decode (PIL's `verify`: header and chunk checksums), once, up front, so
+        every one is reported and the rows a run sees do not depend on which images it happened to draw.
+
+        Raises:
+            ValueError: no image of the folder is readable.
+        """
+        from PIL import Image
+
+        good = []
+        for row in self.rows:
+            try:
+                with Image.open(row.path) as image:
+                    image.verify()
+                good.append(row)
+            except BAD_IMAGE_ERRORS:
+                self.skipped.append(row.file_name)
+        if not good:
+            raise ValueError(
+                f"--data {self.folder}: none of its {len(self.rows)} images can be read "
+                f"(e.g. {self.rows[0].file_name}); fix or replace the images"
+            )
+        self.rows = good
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -158,12 +186,27 @@ class LatentCache(Dataset):
                 f"{self.folder} is not a finished latents cache (no {CACHE_INDEX}); write it "
                 "with `prunelab cache-latents`"
             )
-        self.meta = json.loads(index.read_text())
-        if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
-            raise ValueError(f"{index} is not a prune_lab latents cache version {CACHE_VERSION}; rewrite it")
+        self.meta = read_cache_index(index)
         self.seed, self.flip = seed, flip and self.meta["flip"]
         self.rows = [(s["file"], r) for s in self.meta["shards"] for r in range(s["count"])]
+        self._check_shards()
         self._open: dict[str, object] = {}
+
+    def _check_shards(self) -> None:
+        """Every shard a readable safetensors file with the rows `cache.json` lists (headers only: cheap)."""
+        from safetensors import SafetensorError
+
+        for shard in self.meta["shards"]:
+            path = self.folder / shard["file"]
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    rows = f.get_slice("moments").get_shape()[0]
+            except (SafetensorError, OSError) as e:
+                raise ValueError(f"{path} is not a readable cache shard ({e}); rewrite the cache") from None
+            if rows < shard["count"]:
+                raise ValueError(
+                    f"{path} holds {rows} rows, not the {shard['count']} of cache.json; rewrite the cache"
+                )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -185,9 +228,33 @@ class LatentCache(Dataset):
         return {"index": index, "moments": moments, "cond": cond}
 
 
-def open_dataset(path, resolution: int = 512, seed: int = 0, flip: bool = True) -> Dataset:
+def read_cache_index(path: Path) -> dict:
+    """`cache.json` of a latents cache, its shape checked (the file and the key named).
+
+    Raises:
+        ValueError: not a version-:data:`CACHE_VERSION` prune_lab cache index.
+    """
+    meta = read_json(path, "cache.json")
+    if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
+        raise ValueError(f"{path} is not a prune_lab latents cache version {CACHE_VERSION}; rewrite it")
+    where = str(path)
+    json_field(meta, "flip", bool, where)
+    json_field(meta, "resolution", int, where)
+    json_field(meta, "scaling_factor", (int, float), where)
+    for i, name in enumerate(json_field(meta, "cond", list, where)):
+        if not isinstance(name, str):
+            raise ValueError(f"{path}: cond[{i}] is a {type(name).__name__}, not a tensor name")
+    for i, shard in enumerate(json_field(meta, "shards", list, where)):
+        json_field(shard, "file", str, f"{path} shards[{i}]")
+        json_field(shard, "count", int, f"{path} shards[{i}]")
+        if "/" in shard["file"] or "\\" in shard["file"] or shard["file"].startswith("."):
+            raise ValueError(f"{path} shards[{i}] names {shard['file']!r}, which is not a file of the cache folder")
+    return meta
+
+
+def open_dataset(path, resolution: int = 512, seed: int = 0, flip: bool = True, scan: bool = False) -> Dataset:
     """A :class:`LatentCache` if `path` holds `cache.json`, else an :class:`ImageTextFolder` (`flip`: random
-    left-right flips; off for data whose captions name left and right)."""
+    left-right flips; off for data whose captions name left and right; `scan`: leave out unreadable images)."""
     path = Path(path)
     if (path / CACHE_INDEX).exists():
         cache = LatentCache(path, seed, flip)
@@ -197,7 +264,7 @@ def open_dataset(path, resolution: int = 512, seed: int = 0, flip: bool = True) 
                 f"{resolution}; pass --resolution {cache.meta['resolution']} or rewrite the cache"
             )
         return cache
-    return ImageTextFolder(path, resolution, seed, flip)
+    return ImageTextFolder(path, resolution, seed, flip, scan)
 
 
 @dataclass
