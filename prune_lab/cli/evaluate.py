@@ -140,7 +140,7 @@ def _table(results: list[dict]) -> pd.DataFrame:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluation.images import list_images, paired_images
+    from ..evaluation.images import check_images, list_images, paired_images
     from ..evaluation.prompts import read_prompts
     from ..evaluation.protocol import Evaluator, check_settings
     from ..runtime.atomic import write_text
@@ -149,8 +149,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else None
     check_settings(settings, prompts is not None)
     folders = [args.images, *(args.compare or [])]
-    for folder in folders:  # every folder complete before any network is loaded
-        paired_images(folder, prompts) if prompts is not None else list_images(folder)
+    for folder in folders:  # every folder complete and readable before any network is loaded
+        check_images(paired_images(folder, prompts) if prompts is not None else list_images(folder))
     evaluator = Evaluator(settings)
     results = []
     for folder in folders:
@@ -159,6 +159,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results.append(result)
     print(json.dumps(results, indent=2) if args.format == "json" else render(_table(results), args.format))
     return 0
+
+
+def json_name(text: str) -> str:
+    """`--json-name`: a plain file name, written inside each image folder (no folders, no `..`, not absolute)."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text or Path(text).is_absolute():
+        raise argparse.ArgumentTypeError(f"{text!r} must be a plain file name (it is written into each image folder)")
+    return text
 
 
 def _register_generate(subparsers) -> None:
@@ -215,7 +222,9 @@ def _register_eval(subparsers) -> None:
         "--num-workers", type=T.non_negative_int, default=min(8, os.cpu_count() or 1), help="image loading workers"
     )
     p.add_argument("--device", type=T.device, help="default: cuda when available, else cpu")
-    p.add_argument("--json-name", default="eval.json", help="result file written into each image folder")
+    p.add_argument(
+        "--json-name", type=json_name, default="eval.json", help="result file written into each image folder"
+    )
     p.add_argument("--format", choices=FORMATS, default="table")
     p.set_defaults(func=cmd_eval)
 

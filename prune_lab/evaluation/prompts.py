@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..runtime.atomic import write_csv
-from ..runtime.readers import json_field, read_csv_records, read_json, read_prompt_lines
+from ..runtime.readers import MAX_CAPTION_CHARS, json_field, read_csv_records, read_json, read_prompt_lines
 
 PROMPT_COLUMNS = ["file_name", "text"]
 
@@ -40,6 +40,12 @@ def _check(df: pd.DataFrame, source: str) -> pd.DataFrame:
     if df["text"].isna().any():
         empty = df["text"].isna()
         raise ValueError(f"{source} has {int(empty.sum())} empty prompts (first: row {empty.idxmax()})")
+    long = df["text"].map(len) > MAX_CAPTION_CHARS
+    if long.any():
+        raise ValueError(
+            f"{source} row {long.idxmax() + 1} has a prompt of {len(df['text'][long.idxmax()])} characters (at most "
+            f"{MAX_CAPTION_CHARS}; text encoders read only the first 77 tokens); shorten it"
+        )
     stems = df["file_name"].map(lambda name: Path(str(name)).stem)
     if stems.duplicated().any():
         raise ValueError(
@@ -67,7 +73,8 @@ def read_prompts(path: str | os.PathLike) -> pd.DataFrame:
         )
     if path.suffix.lower() == ".csv":
         columns, records = read_csv_records(path, "prompt file")
-        df = pd.DataFrame(records, columns=columns, dtype=object).replace({"": None})
+        df = pd.DataFrame(records, columns=columns, dtype=str)
+        df = df.mask(df == "")  # an empty cell is a missing value, as pandas' reader has it
         if "text" not in df.columns:
             raise ValueError(
                 f"{path} has no 'text' column (columns: {', '.join(map(str, df.columns))}); a prompt CSV "
