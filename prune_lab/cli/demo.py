@@ -11,6 +11,7 @@ from pathlib import Path
 from ..runtime import samplers
 from ..runtime.tables import render
 from . import types as T
+from .outputs import check_file, check_folder
 
 
 def _path(text: str) -> Path:
@@ -21,6 +22,8 @@ def _path(text: str) -> Path:
 def _train(args: argparse.Namespace) -> int:
     from ..demo.train import STAGES, StageConfig, TrainConfig, assemble, train
 
+    check_folder("--work", args.work, keep=True)
+    check_folder("--out", args.out, keep=True)
     _threads(args.threads)
     defaults = TrainConfig()
     stages = {}
@@ -44,6 +47,8 @@ def _train(args: argparse.Namespace) -> int:
 def _quality(args: argparse.Namespace) -> int:
     from ..demo.quality import measure_quality, write_quality_report
 
+    if args.out:
+        check_file("--out", args.out)
     _threads(args.threads)
     run = measure_quality(
         args.model,
@@ -74,6 +79,7 @@ def _threads(threads: int | None) -> None:
 def _data(args: argparse.Namespace) -> int:
     from ..demo.world import World, write_folder
 
+    check_folder("--out", args.out, overwrite=args.overwrite)
     out = write_folder(World(args.world_seed), args.split, args.start, args.n, args.out, overwrite=args.overwrite)
     print(f"wrote {args.n} {args.split} scenes to {out} (metadata.csv: file_name,text and the attributes)")
     return 0
@@ -118,6 +124,8 @@ def _study(args: argparse.Namespace) -> int:
 
     from ..demo.study import StudyConfig, run_study, write_study_report
 
+    check_folder("--out", args.out, keep=True)
+    check_folder("--work", args.work, keep=True)
     _threads(args.threads)
     values = {k: getattr(args, k) for k in STUDY_FIELDS if getattr(args, k) is not None}
     config = StudyConfig(**{**values, **({"arms": tuple(values["arms"])} if "arms" in values else {})})

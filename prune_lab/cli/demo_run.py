@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..runtime.tables import render
 from . import types as T
+from .outputs import check_folder
 
 
 def _at_least_two(text: str) -> int:
@@ -65,6 +66,8 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
 
     from ..demo.run import run_demo
 
+    check_folder("--out", args.out, keep=True)
+    check_folder("--work", args.work, keep=True)
     config = _config(args)
     if args.threads:
         torch.set_num_threads(args.threads)
