@@ -7,6 +7,13 @@
 * :func:`read_rgb` opens an image as RGB; :func:`crop_tensor` makes the training / calibration view of it
   (smaller edge resized to R, bilinear with antialiasing, center crop, values in [-1, 1]).
 
+Bad rows, decided once for every reader: a metadata problem (not UTF-8, invalid CSV or JSON, a row without
+`file_name` / `text`, a `file_name` outside the folder, a missing image or a folder in its place, a caption over
+:data:`MAX_CAPTION_CHARS` characters) is an error naming the file and the row. An image that does not decode is
+skipped by training and caching (`distill`, `cache-latents`: each one named in the output, with the count; one
+corrupt file should not stop a long run) and refused by `eval` (a metric over the readable subset would describe
+other images).
+
 Text is read exactly as written (csv / json strings, never type-inferred), so a caption `1.50` stays `1.50`.
 """
 
