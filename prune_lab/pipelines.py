@@ -28,12 +28,72 @@ def pipeline_config(folder: str | os.PathLike) -> dict:
     """
     from diffusers import DiffusionPipeline
 
+    if not Path(folder).exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise FileNotFoundError(offline_message(folder))
     try:
         return dict(DiffusionPipeline.load_config(folder))
     except OSError as e:
         raise FileNotFoundError(
             f"{folder}: no diffusers pipeline there (model_index.json); pass a pipeline folder (with unet/, vae/, "
-            f"text_encoder/ ...), e.g. one written by prunelab apply from a pipeline ({e})"
+            f"text_encoder/ ...), e.g. one written by prunelab apply from a pipeline ({_first_line(e)})"
+        ) from None
+    except ValueError as e:  # diffusers' own message for a model_index.json that is not JSON
+        raise ValueError(f"{folder}/model_index.json is not a valid pipeline index ({_first_line(e)})") from None
+
+
+def offline_message(model) -> str:
+    """The error for a hub id while `HF_HUB_OFFLINE` is set: name the switch and the local-folder alternative."""
+    return (
+        f"{model} is neither a local folder nor a built-in name, and HF_HUB_OFFLINE is set, so it cannot be "
+        "fetched from the Hugging Face hub; pass a local pipeline folder (or `demo`), or unset HF_HUB_OFFLINE"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5")
+
+
+def check_weights(folder) -> None:
+    """Refuse a local model folder (or a pipeline's model component) that has a `config.json` but no weights file,
+    before diffusers logs its own errors.
+
+    Raises:
+        FileNotFoundError: naming the folder without weights.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for config in [folder / "config.json", *folder.glob("*/config.json")]:
+        if config.is_file() and not any(p.name.endswith(WEIGHT_SUFFIXES) for p in config.parent.iterdir()):
+            raise FileNotFoundError(
+                f"{config.parent} has a config.json but no weights file (*.safetensors); copy or re-export the "
+                "complete model folder"
+            )
+
+
+def from_pretrained(cls, folder, **kwargs):
+    """`cls.from_pretrained(folder, ...)`, with missing, empty or corrupt weights reported as one error naming the
+    folder (a component's folder in a pipeline) instead of diffusers' multi-line `OSError`.
+
+    Raises:
+        FileNotFoundError: no weights (or no config) there.
+        ValueError: weights that cannot be read (not safetensors, truncated) or do not fit the config.
+    """
+    from safetensors import SafetensorError
+
+    check_weights(folder)
+    try:
+        return cls.from_pretrained(folder, **kwargs)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"{folder}: cannot load the weights ({_first_line(e)}); pass a complete model folder"
+        ) from None
+    except SafetensorError as e:
+        raise ValueError(
+            f"{folder}: a weights file is not readable safetensors ({_first_line(e)}); re-export or re-download it"
         ) from None
 
 
@@ -99,7 +159,7 @@ def load_pipeline(
     kwargs = {"torch_dtype": dtype, **({} if safety_checker else _without_safety_checker(config))}
     if unet is not None:
         kwargs["unet"] = unet.to(dtype)
-    pipe = DiffusionPipeline.from_pretrained(folder, **kwargs)
+    pipe = from_pretrained(DiffusionPipeline, folder, **kwargs)
     if sampler is not None:
         pipe.scheduler = build_sampler(sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

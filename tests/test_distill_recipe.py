@@ -239,6 +239,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(work, tiny_pipeline_dir, student, 
             str(out),
             "--resolution",
             "32",
+            "--batch-size",
+            "2",  # the default 64 is refused up front: 8 samples
             "--no-progress",
         ]
         assert main(argv) == 2

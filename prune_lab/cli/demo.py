@@ -10,11 +10,20 @@ from pathlib import Path
 
 from ..runtime import samplers
 from ..runtime.tables import render
+from . import types as T
+from .outputs import check_file, check_folder
+
+
+def _path(text: str) -> Path:
+    """A non-empty path flag."""
+    return Path(T.non_empty(text))
 
 
 def _train(args: argparse.Namespace) -> int:
     from ..demo.train import STAGES, StageConfig, TrainConfig, assemble, train
 
+    check_folder("--work", args.work, keep=True)
+    check_folder("--out", args.out, keep=True)
     _threads(args.threads)
     defaults = TrainConfig()
     stages = {}
@@ -38,6 +47,8 @@ def _train(args: argparse.Namespace) -> int:
 def _quality(args: argparse.Namespace) -> int:
     from ..demo.quality import measure_quality, write_quality_report
 
+    if args.out:
+        check_file("--out", args.out)
     _threads(args.threads)
     run = measure_quality(
         args.model,
@@ -68,6 +79,7 @@ def _threads(threads: int | None) -> None:
 def _data(args: argparse.Namespace) -> int:
     from ..demo.world import World, write_folder
 
+    check_folder("--out", args.out, overwrite=args.overwrite)
     out = write_folder(World(args.world_seed), args.split, args.start, args.n, args.out, overwrite=args.overwrite)
     print(f"wrote {args.n} {args.split} scenes to {out} (metadata.csv: file_name,text and the attributes)")
     return 0
@@ -112,6 +124,8 @@ def _study(args: argparse.Namespace) -> int:
 
     from ..demo.study import StudyConfig, run_study, write_study_report
 
+    check_folder("--out", args.out, keep=True)
+    check_folder("--work", args.work, keep=True)
     _threads(args.threads)
     values = {k: getattr(args, k) for k in STUDY_FIELDS if getattr(args, k) is not None}
     config = StudyConfig(**{**values, **({"arms": tuple(values["arms"])} if "arms" in values else {})})
@@ -133,13 +147,13 @@ def register(subparsers) -> None:
         description="Train the demo models (resumable; finished stages are skipped) and write "
         "the pipeline/ and clip/ folders that prune_lab ships.",
     )
-    p.add_argument("--out", type=Path, default=DEMO_DIR, help="where pipeline/ and clip/ are written (the package)")
-    p.add_argument("--work", type=Path, default=Path(".cache/demo-train"), help="checkpoints and stage exports")
+    p.add_argument("--out", type=_path, default=DEMO_DIR, help="where pipeline/ and clip/ are written (the package)")
+    p.add_argument("--work", type=_path, default=Path(".cache/demo-train"), help="checkpoints and stage exports")
     p.add_argument("--stages", help="comma-separated subset of vae,clip,unet (default: all, then assemble)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=T.seed, default=0)
     for name in ("vae", "clip", "unet"):
-        p.add_argument(f"--{name}-steps", type=int, help=f"{name} training steps (default: the recipe's)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+        p.add_argument(f"--{name}-steps", type=T.positive_int, help=f"{name} training steps (default: the recipe's)")
+    p.add_argument("--threads", type=T.positive_int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
@@ -150,11 +164,11 @@ def register(subparsers) -> None:
         "attributes): training data for `distill --data`, calibration for `score --calib-dir`, prompts for "
         "`generate`, reference images for `eval --real`.",
     )
-    d.add_argument("--out", type=Path, required=True, help="folder to write")
-    d.add_argument("-n", "--n", type=int, default=1000, help="number of scenes")
+    d.add_argument("--out", type=_path, required=True, help="folder to write")
+    d.add_argument("-n", "--n", type=T.positive_int, default=1000, help="number of scenes")
     d.add_argument("--split", choices=("train", "heldout"), default="train")
-    d.add_argument("--start", type=int, default=0, help="index of the first scene")
-    d.add_argument("--world-seed", type=int, default=0)
+    d.add_argument("--start", type=T.non_negative_int, default=0, help="index of the first scene")
+    d.add_argument("--world-seed", type=T.seed, default=0)
     d.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     d.set_defaults(func=_data)
 
@@ -164,18 +178,18 @@ def register(subparsers) -> None:
         description="Apply a block-removal preset to the demo teacher, retrain the student for the same number "
         "of steps under each objective, and measure every model on the same held-out captions (resumable).",
     )
-    s.add_argument("--out", type=Path, default=Path("reports/demo-study"), help="report folder")
-    s.add_argument("--work", type=Path, default=Path(".cache/demo-study"), help="data, students, measurements")
+    s.add_argument("--out", type=_path, default=Path("reports/demo-study"), help="report folder")
+    s.add_argument("--work", type=_path, default=Path(".cache/demo-study"), help="data, students, measurements")
     # an unset flag keeps StudyConfig's default (fixed before the study's first result)
     s.add_argument("--preset", help="block-removal preset making the student")
     s.add_argument("--arms", nargs="+", help="retraining objectives (default: all of task, task+out-kd, ...)")
-    s.add_argument("--steps", type=int, help="retraining steps of every arm")
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--data-n", type=int, help="training scenes written for retraining")
-    s.add_argument("-n", "--n", type=int, help="held-out captions each model is measured on")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--threads", type=int, help="torch CPU threads")
+    s.add_argument("--steps", type=T.positive_int, help="retraining steps of every arm")
+    s.add_argument("--batch-size", type=T.positive_int)
+    s.add_argument("--lr", type=T.positive_float)
+    s.add_argument("--data-n", type=T.positive_int, help="training scenes written for retraining")
+    s.add_argument("-n", "--n", type=T.positive_int, help="held-out captions each model is measured on")
+    s.add_argument("--seed", type=T.seed)
+    s.add_argument("--threads", type=T.positive_int, help="torch CPU threads")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_study)
 
@@ -186,15 +200,15 @@ def register(subparsers) -> None:
         "on held-out captions (colour, shape, joint).",
     )
     q.add_argument("--model", default="demo", help="pipeline to generate with: demo or a pipeline folder")
-    q.add_argument("--clip-checkpoint", type=Path, help="demo-clip weights (default: the shipped ones)")
-    q.add_argument("-n", "--n", type=int, default=500, help="held-out scenes (real images and captions)")
-    q.add_argument("--world-seed", type=int, default=0)
+    q.add_argument("--clip-checkpoint", type=_path, help="demo-clip weights (default: the shipped ones)")
+    q.add_argument("-n", "--n", type=T.positive_int, default=500, help="held-out scenes (real images and captions)")
+    q.add_argument("--world-seed", type=T.seed, default=0)
     q.add_argument("--scheduler", choices=samplers.names(), default=SAMPLING["scheduler"], help="sampler")
-    q.add_argument("--steps", type=int, default=SAMPLING["steps"])
-    q.add_argument("--guidance", type=float, default=SAMPLING["guidance"])
-    q.add_argument("--seed", type=int, default=0, help="initial-noise seed")
-    q.add_argument("--batch-size", type=int, default=50)
-    q.add_argument("--threads", type=int, help="torch CPU threads")
-    q.add_argument("--out", type=Path, help="write this Markdown report (and a .json next to it)")
+    q.add_argument("--steps", type=T.positive_int, default=SAMPLING["steps"])
+    q.add_argument("--guidance", type=T.finite_float, default=SAMPLING["guidance"])
+    q.add_argument("--seed", type=T.seed, default=0, help="initial-noise seed")
+    q.add_argument("--batch-size", type=T.positive_int, default=50)
+    q.add_argument("--threads", type=T.positive_int, help="torch CPU threads")
+    q.add_argument("--out", type=_path, help="write this Markdown report (and a .json next to it)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_quality)

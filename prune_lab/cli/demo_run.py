@@ -8,6 +8,21 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..runtime.tables import render
+from . import types as T
+from .outputs import check_folder
+
+
+def _at_least_two(text: str) -> int:
+    """An integer >= 2 (FID needs two samples)."""
+    value = T.positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2 (FID needs two samples), got {value}")
+    return value
+
+
+def _path(text: str) -> Path:
+    """A non-empty path flag."""
+    return Path(T.non_empty(text))
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -34,7 +49,10 @@ def _config(args: argparse.Namespace):
         "eval_samples": args.eval_samples,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    parse_budget(config.budget)  # a bad budget fails before any work
+    try:
+        parse_budget(config.budget)  # a bad budget fails before any work
+    except ValueError as e:
+        raise ValueError(f"--budget {config.budget!r} is not a budget ({e})") from None
     if config.plan_criterion not in list_criteria():
         raise ValueError(f"unknown --criterion {config.plan_criterion!r}; choose from: {', '.join(list_criteria())}")
     for name in ("distill_steps", "eval_samples"):
@@ -48,6 +66,8 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
 
     from ..demo.run import run_demo
 
+    check_folder("--out", args.out, keep=True)
+    check_folder("--work", args.work, keep=True)
     config = _config(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,13 +94,15 @@ def register(subparsers) -> None:
         "distil briefly, evaluate teacher / pruned / distilled and write a Markdown report with figures. "
         "Resumable: a rerun reuses every finished step of a run with the same settings and weights.",
     )
-    p.add_argument("--out", type=Path, default=Path("reports/demo"), help="report folder (default reports/demo)")
-    p.add_argument("--work", type=Path, default=Path(".cache/demo-run"), help="work folder (default .cache/demo-run)")
+    p.add_argument("--out", type=_path, default=Path("reports/demo"), help="report folder (default reports/demo)")
+    p.add_argument("--work", type=_path, default=Path(".cache/demo-run"), help="work folder (default .cache/demo-run)")
     p.add_argument("--quick", action="store_true", help="tiny sizes that still run every step (smoke test)")
     p.add_argument("--budget", help="plan target, as `prunelab plan --target` (default params=0.6)")
     p.add_argument("--criterion", help="whose scores the plan search reads (default ablation)")
-    p.add_argument("--distill-steps", type=int, help="distillation steps (default 200; --quick 2)")
-    p.add_argument("--eval-samples", type=int, help="held-out captions per evaluated model (default 128; --quick 4)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--distill-steps", type=T.positive_int, help="distillation steps (default 200; --quick 2)")
+    p.add_argument(
+        "--eval-samples", type=_at_least_two, help="held-out captions per evaluated model (default 128; --quick 4)"
+    )
+    p.add_argument("--threads", type=T.positive_int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo_run)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ..backbones import feature_scopes
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
+from . import types as T
+from .outputs import check_folder
 
 #: accelerate's `mixed_precision` name of each canonical dtype (`--mixed-precision` takes every spelling, or `no`).
 ACCELERATE_PRECISION = {"float32": "no", "float16": "fp16", "bfloat16": "bf16"}
@@ -27,8 +29,14 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    from ..distill.files import find_resume
     from ..distill.recipe import DistillRecipe, DivergedError
 
+    find_resume(args.out, args.resume)  # first: a planted checkpoint is named as such
+    resuming = args.resume is not None  # else a non-empty --out is refused by the recipe, suggesting --resume
+    check_folder(
+        "--out", args.out, inputs=[args.teacher, args.student, args.data], resumable=resuming, keep=not resuming
+    )
     recipe = DistillRecipe(config_from_args(args))
     try:
         result = recipe.run()
@@ -42,30 +50,35 @@ def cmd_distill(args: argparse.Namespace) -> int:
     last = ", ".join(f"{k} {v:.4g}" for k, v in result.last.items() if not k.startswith("feat:"))
     print(f"trained {result.step} steps ({last}); losses per step in {result.out_dir / 'losses.csv'}")
     if result.bad_images:
-        print(f"skipped {len(result.bad_images)} unreadable image(s), e.g. {result.bad_images[0]}")
+        print(f"skipped {len(result.bad_images)} unreadable image(s) of --data: {', '.join(result.bad_images[:5])}")
     print(f"wrote the student to {result.exported} (load with prune_lab.load_pruned('{result.exported}'))")
     return 0
 
 
 def cmd_cache_latents(args: argparse.Namespace) -> int:
+    from ..models import resolve_model
+
+    root = Path(resolve_model(args.model))
+    check_folder("--out", args.out, overwrite=args.overwrite, inputs=[args.data, root], resumable=True)
+
     import torch
 
-    from ..distill.data import write_latent_cache
+    from ..distill.data import prepare_latent_cache, write_latent_cache
     from ..distill.encoders import load_encoders
     from ..runtime.dtypes import parse_dtype
 
-    root = Path(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
+    options = dict(resolution=args.resolution, shard_size=args.shard_size, dtype=parse_dtype(args.dtype))
+    prepare_latent_cache(args.data, args.out, flip=not args.no_flip, overwrite=args.overwrite, **options)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     encoders = load_encoders(root, dtype=dtype, device=device)  # raises unless `root` is a pipeline folder
     summary = write_latent_cache(
         encoders,
         args.data,
         args.out,
-        resolution=args.resolution,
+        **options,
         batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        dtype=parse_dtype(args.dtype),
         flip=not args.no_flip,
         source=str(args.model),
         scheduler_dir=root / "scheduler",
@@ -78,24 +91,58 @@ def cmd_cache_latents(args: argparse.Namespace) -> int:
         + (f" ({summary.resumed_shards} shard(s) kept from an earlier run)" if summary.resumed_shards else "")
     )
     if summary.skipped:
-        print(f"skipped {len(summary.skipped)} unreadable image(s), e.g. {summary.skipped[0]}")
+        print(f"skipped {len(summary.skipped)} unreadable image(s): {', '.join(summary.skipped[:5])}")
     return 0
 
 
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use here (`--device cuda` without a driver), before any model loads.
+
+    Raises:
+        ValueError: the device is not available.
+    """
+    import torch
+
+    kind = torch.device(device).type
+    available = {
+        "cpu": True,
+        "meta": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(kind, False):
+        raise ValueError(f"--device {device} is not available on this machine; use cpu or an available device")
+    if (
+        kind == "cuda"
+        and torch.device(device).index is not None
+        and torch.device(device).index >= torch.cuda.device_count()
+    ):
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def _distill_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="the model the student was pruned from (pipeline folder ideally)")
-    p.add_argument("--student", required=True, help="a `prunelab apply` output folder")
-    p.add_argument("--data", required=True, help="image-text folder (metadata.csv/.jsonl) or a latents cache")
-    p.add_argument("--out", required=True, help="output folder: the student, checkpoints/, losses.csv, samples/")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (default 50000, BK-SDM)")
-    p.add_argument("--batch-size", type=int, help="micro-batch per process (default 64)")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 4)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate, constant (default 5e-5)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
-    p.add_argument("--max-grad-norm", type=float, help="gradient clipping norm, 0 = off (default 1.0)")
-    p.add_argument("--lambda-task", type=float, help="weight of the denoising loss (default 1)")
-    p.add_argument("--lambda-out", type=float, help="weight of the output-level KD loss (default 1)")
-    p.add_argument("--lambda-feat", type=float, help="weight of the feature-level KD loss (default 1)")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        type=T.non_empty,
+        help="the model the student was pruned from: demo, a pipeline folder (ideally) or hub id",
+    )
+    p.add_argument("--student", required=True, type=T.non_empty, help="a `prunelab apply` output folder")
+    p.add_argument(
+        "--data", required=True, type=T.non_empty, help="image-text folder (metadata.csv/.jsonl) or a latents cache"
+    )
+    p.add_argument(
+        "--out", required=True, type=T.non_empty, help="output folder: the student, checkpoints/, losses.csv, samples/"
+    )
+    p.add_argument("--max-steps", type=T.positive_int, help="optimizer steps (default 50000, BK-SDM)")
+    p.add_argument("--batch-size", type=T.positive_int, help="micro-batch per process (default 64)")
+    p.add_argument("--grad-accum", type=T.positive_int, help="micro-batches per optimizer step (default 4)")
+    p.add_argument("--lr", type=T.positive_float, help="AdamW learning rate, constant (default 5e-5)")
+    p.add_argument("--weight-decay", type=T.non_negative_float, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--max-grad-norm", type=T.non_negative_float, help="gradient clipping norm, 0 = off (default 1.0)")
+    p.add_argument("--lambda-task", type=T.non_negative_float, help="weight of the denoising loss (default 1)")
+    p.add_argument("--lambda-out", type=T.non_negative_float, help="weight of the output-level KD loss (default 1)")
+    p.add_argument("--lambda-feat", type=T.non_negative_float, help="weight of the feature-level KD loss (default 1)")
     p.add_argument(
         "--feature-layers",
         choices=[*feature_scopes(), "none"],
@@ -105,22 +152,26 @@ def _distill_parser(p: argparse.ArgumentParser) -> None:
         "--mixed-precision", choices=("no", *DTYPE_NAMES), help="default no (fp32); fp16 / bf16 in either spelling"
     )
     p.add_argument("--ema", action="store_true", default=None, help="keep EMA weights and export them")
-    p.add_argument("--ema-decay", type=float, help="default 0.9999")
+    p.add_argument("--ema-decay", type=T.fraction, help="default 0.9999")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
     p.add_argument(
-        "--checkpoint-every", type=int, help="steps between checkpoints (and one at the end); 0 = none (default 1000)"
+        "--checkpoint-every",
+        type=T.non_negative_int,
+        help="steps between checkpoints (and one at the end); 0 = none (default 1000)",
     )
-    p.add_argument("--checkpoints-limit", type=int, help="keep only the newest N checkpoints")
+    p.add_argument("--checkpoints-limit", type=T.positive_int, help="keep only the newest N checkpoints (N >= 1)")
     p.add_argument("--resume", help="`latest` (or a fresh start when there is none) or a checkpoint folder")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resolution", type=int, help="image side (default 512)")
+    p.add_argument("--seed", type=T.seed)
+    p.add_argument("--resolution", type=T.positive_int, help="image side, a multiple of 8 (default 512)")
     p.add_argument("--no-flip", action="store_true", help="no random left-right flips (captions that name sides)")
     p.add_argument("--random-init", action="store_true", default=None, help="ablation: do not start from the teacher")
-    p.add_argument("--num-workers", type=int, help="data loader workers (default 2)")
+    p.add_argument("--num-workers", type=T.non_negative_int, help="data loader workers (default 2)")
     p.add_argument("--report-to", choices=["tensorboard"], help="also log to tensorboard (out/logs)")
     p.add_argument("--validation-prompts", nargs="+", help="render these prompts every --validation-every steps")
-    p.add_argument("--validation-every", type=int)
-    p.add_argument("--validation-steps", type=int, help="denoising steps for validation images (default 25)")
+    p.add_argument("--validation-every", type=T.positive_int)
+    p.add_argument(
+        "--validation-steps", type=T.positive_int, help="denoising steps for validation images (default 25)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -134,15 +185,24 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_distill)
 
     p = subparsers.add_parser("cache-latents", help="encode an image-text folder once for `distill`")
-    p.add_argument("--model", required=True, help="the teacher pipeline folder (its VAE and text encoder are used)")
-    p.add_argument("--data", required=True, help="image-text folder (metadata.csv/.jsonl with file_name,text)")
-    p.add_argument("--out", required=True, type=Path, help="cache folder to write (resumable)")
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--shard-size", type=int, default=1024, help="samples per safetensors shard")
+    p.add_argument(
+        "--model",
+        required=True,
+        type=T.non_empty,
+        help="the teacher: demo or a pipeline folder (its VAE and text encoder are used)",
+    )
+    p.add_argument(
+        "--data", required=True, type=T.non_empty, help="image-text folder (metadata.csv/.jsonl with file_name,text)"
+    )
+    p.add_argument(
+        "--out", required=True, type=lambda t: Path(T.non_empty(t)), help="cache folder to write (resumable)"
+    )
+    p.add_argument("--resolution", type=T.positive_int, default=512, help="image side, a multiple of 8")
+    p.add_argument("--batch-size", type=T.positive_int, default=8)
+    p.add_argument("--shard-size", type=T.positive_int, default=1024, help="samples per safetensors shard")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp16", help="storage dtype")
     p.add_argument("--no-flip", action="store_true", help="do not store flipped latents (no flip augmentation)")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--device", help="default cuda when available")
+    p.add_argument("--num-workers", type=T.non_negative_int, default=2)
+    p.add_argument("--device", type=T.device, help="default cuda when available")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_cache_latents)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from ..runtime import samplers
 from ..runtime.dtypes import DTYPE_NAMES
 from ..runtime.tables import FORMATS, render
+from . import types as T
+from .outputs import check_file, check_folder
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,6 +37,7 @@ TABLE_COLUMNS = {
 def cmd_coco_prompts(args: argparse.Namespace) -> int:
     from ..evaluation.prompts import coco_captions, write_prompts
 
+    check_file("-o", args.out)
     df = coco_captions(args.annotations, args.n, args.seed)
     write_prompts(df, args.out)
     print(
@@ -78,6 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         ext=args.ext,
     )
+    check_folder("--out", args.out, keep=True)
     prompts = read_prompts(args.prompts)
     state = PartialState()
     dtype = _dtype(args.dtype, state.device)
@@ -136,7 +140,7 @@ def _table(results: list[dict]) -> pd.DataFrame:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluation.images import list_images, paired_images
+    from ..evaluation.images import check_images, list_images, paired_images
     from ..evaluation.prompts import read_prompts
     from ..evaluation.protocol import Evaluator, check_settings
     from ..runtime.atomic import write_text
@@ -145,8 +149,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else None
     check_settings(settings, prompts is not None)
     folders = [args.images, *(args.compare or [])]
-    for folder in folders:  # every folder complete before any network is loaded
-        paired_images(folder, prompts) if prompts is not None else list_images(folder)
+    for folder in folders:  # every folder complete and readable before any network is loaded
+        check_images(paired_images(folder, prompts) if prompts is not None else list_images(folder))
     evaluator = Evaluator(settings)
     results = []
     for folder in folders:
@@ -157,30 +161,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def json_name(text: str) -> str:
+    """`--json-name`: a plain file name, written inside each image folder (no folders, no `..`, not absolute)."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text or Path(text).is_absolute():
+        raise argparse.ArgumentTypeError(f"{text!r} must be a plain file name (it is written into each image folder)")
+    return text
+
+
 def _register_generate(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate one image per prompt (deterministic, resumable)")
-    p.add_argument("--model", required=True, help="pipeline folder (SD or SDXL; prunelab apply exports too) or hub id")
-    p.add_argument("--prompts", required=True, help="prompt file: CSV with a text column (and file_name), or .txt")
-    p.add_argument("--out", required=True, help="image folder; existing images are kept and skipped")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25, as BK-SDM)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="demo (the shipped tiny model), a pipeline folder (SD or SDXL; prunelab apply exports too) or hub id",
+    )
+    p.add_argument(
+        "--prompts",
+        required=True,
+        type=T.non_empty,
+        help="prompt file: CSV with a text column (and file_name), or .txt",
+    )
+    p.add_argument("--out", required=True, type=T.non_empty, help="image folder; existing images are kept and skipped")
+    p.add_argument("--steps", type=T.positive_int, default=25, help="denoising steps (default 25, as BK-SDM)")
+    p.add_argument("--guidance", type=T.finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--scheduler", choices=samplers.names(), default="pndm", help="sampler (default pndm)")
-    p.add_argument("--resolution", type=int, help="square image side (default: the model's, 512 for SD-v1)")
-    p.add_argument("--batch-size", type=int, default=1, help="prompts per pipeline call (images do not depend on it)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; prompt i uses SeedSequence((seed, i))")
+    p.add_argument("--resolution", type=T.positive_int, help="square image side (default: the model's, 512 for SD-v1)")
+    p.add_argument(
+        "--batch-size", type=T.positive_int, default=1, help="prompts per pipeline call (images do not depend on it)"
+    )
+    p.add_argument("--seed", type=T.seed, default=0, help="base seed; prompt i uses SeedSequence((seed, i))")
     p.add_argument("--dtype", choices=["auto", *DTYPE_NAMES], default="auto", help="auto: fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--ext", default="png", help="png, or jpg (quality 75, as BK-SDM)")
+    p.add_argument("--ext", choices=("png", "jpg"), default="png", help="png, or jpg (quality 75, as BK-SDM)")
     p.set_defaults(func=cmd_generate)
 
 
 def _register_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="FID, IS and CLIP score of image folders (one JSON each + a table)")
-    p.add_argument("--images", required=True, help="generated images")
+    p.add_argument("--images", required=True, type=T.non_empty, help="generated images")
     p.add_argument("--compare", nargs="+", metavar="DIR", help="more image folders, evaluated the same way")
     p.add_argument("--prompts", help="prompt file of the images (needed for clip; restricts to its images)")
     p.add_argument("--real", help="reference images for FID (e.g. COCO val2014/)")
     p.add_argument("--real-stats", help="reference FID statistics .npz; with --real, a cache (reused or written)")
-    p.add_argument("--resize", type=int, help="resize every image to NxN (bicubic) first; 256 in BK-SDM's protocol")
+    p.add_argument(
+        "--resize", type=T.positive_int, help="resize every image to NxN (bicubic) first; 256 in BK-SDM's protocol"
+    )
     p.add_argument("--metrics", default="fid,is,clip", help="comma-separated (default: all, fid,is,clip)")
     p.add_argument(
         "--fid-mode",
@@ -189,24 +213,36 @@ def _register_eval(subparsers) -> None:
     )
     p.add_argument("--inception", help="local pt_inception-2015-12-05-6726825d.pth (IS; FID in legacy_pytorch mode)")
     p.add_argument("--inception-torchscript", help="local inception-2015-12-05.pt (FID in clean mode)")
-    p.add_argument("--is-splits", type=int, default=10, help="IS splits (default 10)")
+    p.add_argument("--is-splits", type=T.positive_int, default=10, help="IS splits (default 10)")
     p.add_argument("--clip-model", default="ViT-g-14", help="open_clip model name, or local-dir:DIR")
     p.add_argument("--clip-pretrained", default="laion2b_s34b_b88k", help="open_clip weights tag")
     p.add_argument("--clip-checkpoint", help="local open_clip checkpoint file (instead of the tag's download)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="image loading workers")
-    p.add_argument("--device", help="default: cuda when available, else cpu")
-    p.add_argument("--json-name", default="eval.json", help="result file written into each image folder")
+    p.add_argument("--batch-size", type=T.positive_int, default=50)
+    p.add_argument(
+        "--num-workers", type=T.non_negative_int, default=min(8, os.cpu_count() or 1), help="image loading workers"
+    )
+    p.add_argument("--device", type=T.device, help="default: cuda when available, else cpu")
+    p.add_argument(
+        "--json-name", type=json_name, default="eval.json", help="result file written into each image folder"
+    )
     p.add_argument("--format", choices=FORMATS, default="table")
     p.set_defaults(func=cmd_eval)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("coco-prompts", help="sample one caption per image from a COCO captions file")
-    p.add_argument("--annotations", required=True, help="captions_val2014.json")
-    p.add_argument("--n", type=int, default=30000, help="number of images / prompts (BK-SDM: 30000 or 5000)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("-o", "--out", required=True, help="prompt CSV to write (file_name, text, image_id, caption_id)")
+    p.add_argument("--annotations", required=True, type=T.non_empty, help="captions_val2014.json")
+    p.add_argument(
+        "--n", type=T.positive_int, default=30000, help="number of images / prompts (BK-SDM: 30000 or 5000)"
+    )
+    p.add_argument("--seed", type=T.seed, default=0, help="sampling seed")
+    p.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        type=T.non_empty,
+        help="prompt CSV to write (file_name, text, image_id, caption_id)",
+    )
     p.set_defaults(func=cmd_coco_prompts)
     _register_generate(subparsers)
     _register_eval(subparsers)

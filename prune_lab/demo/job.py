@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -74,6 +75,25 @@ QUICK = RunConfig(
 )
 
 
+#: The step records of a job (see :meth:`Job.once`).
+STEPS_FILE = "steps.json"
+
+
+def digest(items) -> str:
+    """SHA-256 over `items`: a path by its name and contents (a folder: every file in it, sorted), anything else by
+    its JSON (`str` as a fallback)."""
+    h = hashlib.sha256()
+    for item in items:
+        if isinstance(item, Path):
+            files = sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
+            for path in files:
+                h.update(str(path.relative_to(item) if item.is_dir() else path.name).encode())
+                h.update(path.read_bytes() if path.is_file() else b"<missing>")
+        else:
+            h.update(json.dumps(item, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def weights_digest(folders: tuple[Path, ...] = (PIPELINE_DIR, CLIP_DIR)) -> str:
     """SHA-256 over the shipped weights and configs (retrained weights give a new digest, hence a new work folder).
 
@@ -133,17 +153,38 @@ class Job:
     def path(self, *parts: str) -> Path:
         return self.work.joinpath(*parts)
 
-    def _timings(self) -> dict:
-        file = self.path("timings.json")
-        return json.loads(file.read_text()) if file.is_file() else {}
+    def _steps(self) -> dict:
+        """``steps.json``: per step, the digest of its inputs and of its outputs when it ran, and its seconds. A torn
+        or foreign file is no record at all (every step then runs again)."""
+        file = self.path(STEPS_FILE)
+        try:
+            steps = json.loads(file.read_text()) if file.is_file() else {}
+        except (ValueError, UnicodeDecodeError):
+            return {}
+        return steps if isinstance(steps, dict) else {}
 
-    def once(self, step: str, outputs: list[Path], compute: Callable[[], object]) -> StepRecord:
-        """Run `compute` unless every output exists; record the step (and the time it took when it ran)."""
-        timings = self._timings()
+    def once(
+        self, step: str, outputs: list[Path], compute: Callable[[], object], inputs: tuple | list = ()
+    ) -> StepRecord:
+        """Run `compute` unless this job ran `step` before with the same `inputs` (paths are hashed by content,
+        other values by their JSON) and its outputs are still what it wrote; record the step and its seconds.
+
+        Outputs that exist without this job's record (a committed report's figures, a killed run's leftovers) are
+        never reused: the step runs and overwrites them.
+        """
+        steps = self._steps()
         if self.bar is not None:
             self.bar.set_postfix_str(step)
-        if all(p.exists() for p in outputs):
-            record = StepRecord(step, "reused", timings.get(step, float("nan")), [str(p) for p in outputs])
+        key, seen = digest(inputs), steps.get(step)
+        if (
+            isinstance(seen, dict)
+            and seen.get("inputs") == key
+            and all(p.exists() for p in outputs)
+            and seen.get("outputs") == digest(outputs)
+            and isinstance(seen.get("seconds"), (int, float))
+            and math.isfinite(seen["seconds"])
+        ):
+            record = StepRecord(step, "reused", float(seen["seconds"]), [str(p) for p in outputs])
         else:
             start = time.perf_counter()
             compute()
@@ -151,7 +192,8 @@ class Job:
             if missing:
                 raise RuntimeError(f"step {step} did not write {missing[0]}")
             record = StepRecord(step, "ran", time.perf_counter() - start, [str(p) for p in outputs])
-            write_text(self.path("timings.json"), json.dumps({**timings, step: record.seconds}, indent=1))
+            steps[step] = {"inputs": key, "outputs": digest(outputs), "seconds": record.seconds}
+            write_text(self.path(STEPS_FILE), json.dumps(steps, indent=1))
         self.records.append(record)
         if self.bar is not None:
             self.bar.update(1)

@@ -99,7 +99,7 @@ def score(job: Job, data: Path) -> pd.DataFrame:
             tables.append(read_scores(part))
         write_scores(pd.concat(tables, ignore_index=True), path, {"criteria": list_criteria(), **settings})
 
-    job.once("score", [path], compute)
+    job.once("score", [path], compute, inputs=[data])
     return read_scores(path)
 
 
@@ -108,7 +108,7 @@ def plot(job: Job, scores: pd.DataFrame) -> list[Path]:
     from ..plots import plot_scores
 
     paths = [job.out / "scores.png", job.out / "scores_skips.png"]
-    job.once("plot", paths, lambda: plot_scores(scores, paths[0]))
+    job.once("plot", paths, lambda: plot_scores(scores, paths[0]), inputs=[scores.to_csv(index=False)])
     return paths
 
 
@@ -126,7 +126,7 @@ def make_plan(job: Job, scores: pd.DataFrame) -> dict:
         problem = build_problem(unet, scores, criterion=c.plan_criterion, source=MODEL)
         search(problem, parse_budget(c.budget), "greedy").plan.save(path)
 
-    job.once("plan", [path], compute)
+    job.once("plan", [path], compute, inputs=[scores.to_csv(index=False)])
     return Plan.load(path).meta
 
 
@@ -137,7 +137,8 @@ def apply(job: Job) -> Path:
     from ..plan import Plan
 
     folder = job.path("pruned")
-    job.once("apply", [folder], lambda: apply_plan(load_unet(MODEL), Plan.load(job.path("plan.json")), folder))
+    plan = job.path("plan.json")
+    job.once("apply", [folder], lambda: apply_plan(load_unet(MODEL), Plan.load(plan), folder), inputs=[plan])
     return folder
 
 
@@ -162,7 +163,7 @@ def distill(job: Job, student: Path, data: Path) -> Path:
         )
         write_text(done, json.dumps({"steps": result.step, "last": result.last}, indent=1) + "\n")
 
-    job.once("distill", [done], compute)
+    job.once("distill", [done], compute, inputs=[student / "plan.json", data])
     return folder
 
 

@@ -110,7 +110,7 @@ def evaluate(job: Job, folders: dict[str, str | Path]) -> pd.DataFrame:
         table = pd.DataFrame([*rows, floor]).merge(_costs(folders), on="model", how="left")
         write_text(path, table.to_csv(index=False))
 
-    job.once("evaluate", [path], compute)
+    job.once("evaluate", [path], compute, inputs=[Path(f) if Path(f).is_dir() else str(f) for f in folders.values()])
     return pd.read_csv(path)
 
 

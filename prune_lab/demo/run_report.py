@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import time
@@ -226,7 +227,8 @@ def _evaluation_section(job: Job, evaluation: pd.DataFrame) -> list[str]:
 
 def _header(job: Job, command: str, units: pd.DataFrame) -> list[str]:
     kinds = units.groupby("kind", sort=False).size().rename("units").reset_index()
-    total, wall = sum(r.seconds for r in job.records), time.perf_counter() - job.started
+    total = math.fsum(r.seconds for r in job.records if math.isfinite(r.seconds))
+    wall = time.perf_counter() - job.started
     return [
         "# prune_lab demo: score, plan, prune, distil and evaluate the `demo` model",
         "",

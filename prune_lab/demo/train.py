@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..runtime.atomic import atomic_folder, write_json, write_with
 from ..runtime.clip import normalize_images
+from ..runtime.readers import read_json
 from . import DEMO_DIR
 from . import architecture as arch
 from .scorer import CLIP_NAME, model_config, multi_positive_clip_loss, register
@@ -311,7 +312,7 @@ def train_stage(stage: Stage, *, progress: bool = True, stop_after: int | None =
     ckpt = folder / "checkpoint.pt"
     start, wall, cpu, losses = 0, 0.0, 0.0, []
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)  # our own checkpoint; never unpickle objects
+        state = load_checkpoint(ckpt)
         stage.load_state(state["models"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -355,6 +356,30 @@ def train_stage(stage: Stage, *, progress: bool = True, stop_after: int | None =
     return result
 
 
+#: What a stage checkpoint holds (anything else, or a file that is not plain tensors, is refused).
+CHECKPOINT_KEYS = {"models", "optimizer", "scheduler", "step", "wall_s", "cpu_s", "losses"}
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A stage checkpoint, unpickled with `weights_only=True` (tensors and plain containers only, never code).
+
+    Raises:
+        ValueError: the file holds other objects, is corrupt, or lacks :data:`CHECKPOINT_KEYS` (named).
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path} is not a demo-train checkpoint this program wrote ({reason}); remove it, or pass another --work"
+        ) from None
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        raise ValueError(f"{path} is not a demo-train checkpoint (keys missing); remove it, or pass another --work")
+    return state
+
+
 def _without_steps(config: dict) -> dict:
     return {k: {**v, "steps": None} if isinstance(v, dict) else v for k, v in config.items()}
 
@@ -368,7 +393,7 @@ def check_config(config: TrainConfig, work: Path) -> None:
     """
     path = work / "config.json"
     wanted = asdict(config)
-    if path.is_file() and _without_steps(json.loads(path.read_text())) != _without_steps(wanted):
+    if path.is_file() and _without_steps(read_json(path, "demo-train config.json")) != _without_steps(wanted):
         raise ValueError(f"{work} holds a training run with other settings ({path}); pass another --work folder")
     write_json(path, wanted)
 
@@ -382,6 +407,9 @@ def train(
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    for name in stages:  # every checkpoint readable before anything is written
+        if (work / name / "checkpoint.pt").is_file():
+            load_checkpoint(work / name / "checkpoint.pt")
     check_config(config, work)
     return [train_stage(STAGES[name](config, work), progress=progress) for name in STAGES if name in stages]
 

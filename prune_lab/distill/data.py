@@ -28,8 +28,9 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from ..runtime.atomic import write_json, write_with
-from ..runtime.readers import crop_tensor, read_image_text, read_rgb
+from ..runtime.atomic import OUTPUT_MARKER, check_removable, write_json, write_with
+from ..runtime.generation import check_resolution
+from ..runtime.readers import crop_tensor, json_field, read_image_text, read_json, read_rgb
 from .encoders import FrozenEncoders, encode_moments
 
 CACHE_FORMAT, CACHE_VERSION, CACHE_INDEX = "prune_lab.latent_cache", 1, "cache.json"
@@ -76,10 +77,38 @@ class ImageTextFolder(Dataset):
         flip: random left-right flips (off when writing a cache: the cache stores both orientations).
     """
 
-    def __init__(self, folder, resolution: int = 512, seed: int = 0, flip: bool = True) -> None:
+    def __init__(self, folder, resolution: int = 512, seed: int = 0, flip: bool = True, scan: bool = False) -> None:
         self.folder = Path(folder)
         self.rows = read_image_text(self.folder)
         self.resolution, self.seed, self.flip = resolution, seed, flip
+        #: `file_name` of every image left out by the scan
+        self.skipped: list[str] = []
+        if scan:
+            self._scan()
+
+    def _scan(self) -> None:
+        """Leave out the images that do not decode (PIL's `verify`: header and chunk checksums), once, up front, so
+        every one is reported and the rows a run sees do not depend on which images it happened to draw.
+
+        Raises:
+            ValueError: no image of the folder is readable.
+        """
+        from PIL import Image
+
+        good = []
+        for row in self.rows:
+            try:
+                with Image.open(row.path) as image:
+                    image.verify()
+                good.append(row)
+            except BAD_IMAGE_ERRORS:
+                self.skipped.append(row.file_name)
+        if not good:
+            raise ValueError(
+                f"--data {self.folder}: none of its {len(self.rows)} images can be read "
+                f"(e.g. {self.rows[0].file_name}); fix or replace the images"
+            )
+        self.rows = good
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -100,6 +129,20 @@ class ImageTextFolder(Dataset):
             "original_size": size,
             "crop_top_left": torch.tensor([top, left]),
         }
+
+    def first_readable(self) -> int:
+        """The index of the first image that decodes (usually 0: one image is read).
+
+        Raises:
+            ValueError: no image of the folder can be read (naming the folder and the first one).
+        """
+        for i in range(len(self)):
+            if self.load(i) is not None:
+                return i
+        raise ValueError(
+            f"--data {self.folder}: none of its {len(self)} images can be read (e.g. {self.rows[0].file_name}); "
+            "fix or replace the images"
+        )
 
     def __getitem__(self, key) -> dict:
         epoch, index = _key(key)
@@ -143,12 +186,27 @@ class LatentCache(Dataset):
                 f"{self.folder} is not a finished latents cache (no {CACHE_INDEX}); write it "
                 "with `prunelab cache-latents`"
             )
-        self.meta = json.loads(index.read_text())
-        if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
-            raise ValueError(f"{index} is not a prune_lab latents cache version {CACHE_VERSION}; rewrite it")
+        self.meta = read_cache_index(index)
         self.seed, self.flip = seed, flip and self.meta["flip"]
         self.rows = [(s["file"], r) for s in self.meta["shards"] for r in range(s["count"])]
+        self._check_shards()
         self._open: dict[str, object] = {}
+
+    def _check_shards(self) -> None:
+        """Every shard a readable safetensors file with the rows `cache.json` lists (headers only: cheap)."""
+        from safetensors import SafetensorError
+
+        for shard in self.meta["shards"]:
+            path = self.folder / shard["file"]
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    rows = f.get_slice("moments").get_shape()[0]
+            except (SafetensorError, OSError) as e:
+                raise ValueError(f"{path} is not a readable cache shard ({e}); rewrite the cache") from None
+            if rows < shard["count"]:
+                raise ValueError(
+                    f"{path} holds {rows} rows, not the {shard['count']} of cache.json; rewrite the cache"
+                )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -170,9 +228,33 @@ class LatentCache(Dataset):
         return {"index": index, "moments": moments, "cond": cond}
 
 
-def open_dataset(path, resolution: int = 512, seed: int = 0, flip: bool = True) -> Dataset:
+def read_cache_index(path: Path) -> dict:
+    """`cache.json` of a latents cache, its shape checked (the file and the key named).
+
+    Raises:
+        ValueError: not a version-:data:`CACHE_VERSION` prune_lab cache index.
+    """
+    meta = read_json(path, "cache.json")
+    if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
+        raise ValueError(f"{path} is not a prune_lab latents cache version {CACHE_VERSION}; rewrite it")
+    where = str(path)
+    json_field(meta, "flip", bool, where)
+    json_field(meta, "resolution", int, where)
+    json_field(meta, "scaling_factor", (int, float), where)
+    for i, name in enumerate(json_field(meta, "cond", list, where)):
+        if not isinstance(name, str):
+            raise ValueError(f"{path}: cond[{i}] is a {type(name).__name__}, not a tensor name")
+    for i, shard in enumerate(json_field(meta, "shards", list, where)):
+        json_field(shard, "file", str, f"{path} shards[{i}]")
+        json_field(shard, "count", int, f"{path} shards[{i}]")
+        if "/" in shard["file"] or "\\" in shard["file"] or shard["file"].startswith("."):
+            raise ValueError(f"{path} shards[{i}] names {shard['file']!r}, which is not a file of the cache folder")
+    return meta
+
+
+def open_dataset(path, resolution: int = 512, seed: int = 0, flip: bool = True, scan: bool = False) -> Dataset:
     """A :class:`LatentCache` if `path` holds `cache.json`, else an :class:`ImageTextFolder` (`flip`: random
-    left-right flips; off for data whose captions name left and right)."""
+    left-right flips; off for data whose captions name left and right; `scan`: leave out unreadable images)."""
     path = Path(path)
     if (path / CACHE_INDEX).exists():
         cache = LatentCache(path, seed, flip)
@@ -182,7 +264,7 @@ def open_dataset(path, resolution: int = 512, seed: int = 0, flip: bool = True) 
                 f"{resolution}; pass --resolution {cache.meta['resolution']} or rewrite the cache"
             )
         return cache
-    return ImageTextFolder(path, resolution, seed, flip)
+    return ImageTextFolder(path, resolution, seed, flip, scan)
 
 
 @dataclass
@@ -264,6 +346,69 @@ def _read_shard(path: Path, settings: dict) -> tuple[int, list[str], set[str]]:
     return int(meta["count"]), json.loads(meta["skipped"]), {k[5:] for k in names if k.startswith("cond.")}
 
 
+def _cache_settings(folder: ImageTextFolder, resolution: int, flip: bool, dtype: torch.dtype, shard_size: int) -> dict:
+    return {
+        "resolution": resolution,
+        "flip": flip,
+        "dtype": str(dtype).removeprefix("torch."),
+        "shard_size": shard_size,
+        "images": len(folder),
+    }
+
+
+def _check_resume(out_dir: Path, settings: dict) -> int:
+    """The number of finished shards in `out_dir`, after checking each was written with `settings`.
+
+    Raises:
+        ValueError: a shard that cannot be read, or one written with other settings (both values named).
+    """
+    from safetensors import SafetensorError
+
+    shards = sorted(out_dir.glob("shard-*.safetensors"))
+    for path in shards:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                old = json.loads(f.metadata().get("settings", "{}"))
+        except (SafetensorError, OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a readable cache shard ({e}); pass --overwrite to start again") from None
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k} {a!r} (then) vs {b!r} (now)" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"--out {out_dir} holds a partial cache written with other settings: {what}; pass the same settings "
+                "to resume, or --overwrite to start again"
+            )
+    return len(shards)
+
+
+def prepare_latent_cache(
+    data, out_dir, *, resolution: int, shard_size: int, dtype: torch.dtype, flip: bool, overwrite: bool = False
+) -> tuple[ImageTextFolder, dict]:
+    """Check a cache run before any encoder loads or anything is written: the data folder's rows, the output folder
+    (a finished cache needs `overwrite`), and that a partial cache there was written with the same settings.
+
+    Returns:
+        The image-text folder and the shard settings.
+
+    Raises:
+        FileNotFoundError / ValueError: bad data (file and row named).
+        FileExistsError: a finished cache without `overwrite`.
+        ValueError: a partial cache with other settings.
+    """
+    check_resolution(resolution)
+    out_dir = Path(out_dir)
+    folder = ImageTextFolder(data, resolution, flip=False)
+    folder.first_readable()
+    settings = _cache_settings(folder, resolution, flip, dtype, shard_size)
+    if overwrite:
+        return folder, settings
+    if (out_dir / CACHE_INDEX).exists():
+        raise FileExistsError(f"--out {out_dir} already holds a finished cache; pass --overwrite or another --out")
+    if out_dir.is_dir():
+        _check_resume(out_dir, settings)
+    return folder, settings
+
+
 def write_latent_cache(
     encoders: FrozenEncoders,
     data,
@@ -283,40 +428,54 @@ def write_latent_cache(
     """Encode an image-text folder once: VAE posteriors (+ flipped) and conditioning, in safetensors shards.
 
     Resumable: finished shards (written with the same settings) are kept on a rerun; `cache.json` is written last,
-    so a folder without it is never read as a cache. Corrupt images are skipped and listed in `cache.json`.
+    so a folder without it is never read as a cache. The folder carries prune_lab's output marker from its first
+    shard on, so `--overwrite` may replace it (:func:`prune_lab.runtime.atomic.check_removable`: never the data,
+    the working directory or a folder prune_lab did not write). Corrupt images are skipped and listed in
+    `cache.json`; a cache of no readable image is an error (and leaves no folder behind).
     """
     out_dir = Path(out_dir)
-    if (out_dir / CACHE_INDEX).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a finished cache; pass --overwrite or another --out")
-    if overwrite and out_dir.exists():
+    folder, settings = prepare_latent_cache(
+        data, out_dir, resolution=resolution, shard_size=shard_size, dtype=dtype, flip=flip, overwrite=overwrite
+    )
+    if overwrite and out_dir.exists() and any(out_dir.iterdir()):
+        check_removable(out_dir, inputs=[data])
         shutil.rmtree(out_dir)
-    folder = ImageTextFolder(data, resolution, flip=False)
+    created = not out_dir.exists()
+    try:
+        return _write_cache(
+            encoders, folder, out_dir, settings, batch_size, num_workers, source, scheduler_dir, progress
+        )
+    except Exception:
+        if created and not any(p.name != OUTPUT_MARKER for p in out_dir.glob("*")):
+            shutil.rmtree(out_dir, ignore_errors=True)  # this run made it and wrote no shard: leave nothing behind
+        raise
+
+
+def _write_cache(
+    encoders, folder, out_dir: Path, settings: dict, batch_size, num_workers, source, scheduler_dir, progress
+) -> CacheSummary:
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "resolution": resolution,
-        "flip": flip,
-        "dtype": str(dtype).removeprefix("torch."),
-        "shard_size": shard_size,
-        "images": len(folder),
-    }
+    (out_dir / OUTPUT_MARKER).write_text("written by prune_lab; --overwrite may replace this folder\n")
+    shard_size = settings["shard_size"]
     shards, skipped, cond, resumed = [], [], set(), 0
     for s, start in enumerate(tqdm(range(0, len(folder), shard_size), desc="cache shards", disable=not progress)):
         path = out_dir / f"shard-{s:05d}.safetensors"
         if path.exists():
             resumed += 1
         else:
-            _write_shard(
-                encoders,
-                folder,
-                range(start, min(start + shard_size, len(folder))),
-                path,
-                settings,
-                batch_size,
-                num_workers,
-            )
+            indices = range(start, min(start + shard_size, len(folder)))
+            _write_shard(encoders, folder, indices, path, settings, batch_size, num_workers)
         count, bad, names = _read_shard(path, settings)
         shards.append({"file": path.name, "count": count})
         skipped, cond = skipped + bad, cond | names
+    total = sum(s["count"] for s in shards)
+    if total == 0:
+        for shard in shards:
+            (out_dir / shard["file"]).unlink()
+        raise ValueError(
+            f"--data {folder.folder}: none of its {len(folder)} images can be read (e.g. {skipped[0]}); "
+            "fix or replace the images"
+        )
     if scheduler_dir is not None and Path(scheduler_dir).is_dir():
         shutil.copytree(scheduler_dir, out_dir / "scheduler", dirs_exist_ok=True)
     index = {
@@ -327,7 +486,7 @@ def write_latent_cache(
         "scaling_factor": encoders.scaling_factor,
         "shift_factor": encoders.shift_factor,
         "cond": sorted(cond),
-        "count": sum(s["count"] for s in shards),
+        "count": total,
         "shards": shards,
         "skipped": skipped,
     }

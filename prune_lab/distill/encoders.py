@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from ..pipelines import check_weights, from_pretrained, offline_message
 
 ADDED_COND_KEYS = ("text_embeds", "time_ids")
 
@@ -125,7 +128,7 @@ def conditioner_kind(root: Path) -> str:
 def _load_component(root: Path, name: str, dtype: torch.dtype, device):
     library, cls_name = json.loads((root / "model_index.json").read_text())[name]
     cls = getattr(importlib.import_module(library), cls_name)
-    obj = cls.from_pretrained(root / name)
+    obj = from_pretrained(cls, root / name)
     if isinstance(obj, nn.Module):
         obj = obj.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return obj
@@ -167,12 +170,15 @@ def load_encoders(
 ) -> FrozenEncoders:
     """Load a pipeline folder's VAE and conditioner (frozen, `dtype`, on `device`); skip either with False."""
     root = Path(root)
+    if not root.exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise FileNotFoundError(offline_message(root))
     if not (root / "model_index.json").exists():
         raise FileNotFoundError(
             f"{root} is not a diffusers pipeline folder (no model_index.json); images and "
             "captions need a pipeline teacher, or write a latents cache with "
             "`prunelab cache-latents` from one"
         )
+    check_weights(root)  # every component, before the first one loads
     kind = conditioner_kind(root)
     cls = CONDITIONERS[kind]
     conditioner = cls(*[_load_component(root, c, dtype, device) for c in cls.components]) if text else None

@@ -7,6 +7,7 @@ parts when the teacher was a pipeline). The distilled student is written back in
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,8 @@ from safetensors.torch import save_file
 from ..backbones import build_student, instantiate, resolve, walk
 from ..formats import PRUNED_MARKER, WEIGHTS_NAME, WIDTH_FORMAT, export_format, load_pruned
 from ..plan import Plan, fingerprint
+from ..runtime.atomic import write_json
+from ..runtime.readers import read_json
 
 CHECKPOINTS_DIR, CHECKPOINT_PREFIX = "checkpoints", "checkpoint-"
 
@@ -82,14 +85,35 @@ def load_student(folder, teacher: nn.Module) -> StudentBundle:
                 f"{folder} is not a `prunelab apply` output (no {name}); export the student "
                 "with `prunelab apply --model TEACHER --keep PLAN --out DIR`"
             )
+    unet_dir = folder / "unet"
+    if not unet_dir.is_dir() or not any(p.suffix in (".safetensors", ".bin") for p in unet_dir.iterdir()):
+        raise FileNotFoundError(
+            f"--student {folder}: {unet_dir} holds no weights file (*.safetensors); re-export the student with "
+            "`prunelab apply`"
+        )
     plan = Plan.load(folder / "plan.json")
     _check_family(plan, teacher, folder)
     resolution = resolve(plan, walk(teacher), fingerprint(teacher))
     unet = load_pruned(folder)
     if export_format(folder) != WIDTH_FORMAT:  # a width student keeps every block, at narrower recorded widths
         _check_shapes(unet, teacher, plan, folder)
-    umap = json.loads((folder / "unit_map.json").read_text())
+    umap = read_unit_map(folder / "unit_map.json")
     return StudentBundle(unet.float().eval(), plan, resolution, umap, folder)
+
+
+def read_unit_map(path: Path) -> dict[str, str]:
+    """`unit_map.json`: student module path -> teacher module path, both strings.
+
+    Raises:
+        ValueError: not a JSON object of strings (the file and the first bad entry named).
+    """
+    umap = read_json(path, "unit_map.json")
+    for key, value in umap.items():
+        if not isinstance(value, str):
+            raise ValueError(
+                f"{path}: {key!r} maps to a {type(value).__name__}, not a module path; re-export with `prunelab apply`"
+            )
+    return umap
 
 
 # ------------------------------------------------------------------------------------------------- export
@@ -152,19 +176,85 @@ def checkpoint_path(out_dir, step: int) -> Path:
     return Path(out_dir) / CHECKPOINTS_DIR / f"{CHECKPOINT_PREFIX}{step:07d}"
 
 
+#: `OUT/checkpoints.json`: SHA-256 of every file a checkpoint holds that deserialises by pickle, by checkpoint.
+MANIFEST = "checkpoints.json"
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pickled_files(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of a checkpoint folder that is not safetensors (those are inert), by relative path."""
+    return {
+        str(p.relative_to(folder)): _digest(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".safetensors"
+    }
+
+
+def _manifest(out_dir) -> dict:
+    path = Path(out_dir) / MANIFEST
+    return read_json(path, "checkpoint manifest") if path.exists() else {}
+
+
+def record_checkpoint(out_dir, staging: Path, name: str) -> None:
+    """Record the digests of a checkpoint (staged under `staging`, to be renamed to `name`) before it is renamed."""
+    manifest = _manifest(out_dir)
+    manifest[name] = _pickled_files(staging)
+    write_json(Path(out_dir) / MANIFEST, manifest)
+
+
+def verify_checkpoint(out_dir, path: Path) -> None:
+    """Refuse a checkpoint this run's --out did not write: outside `out/checkpoints`, unrecorded, or changed since.
+
+    Loading a checkpoint unpickles some of its files (accelerate's random states and custom objects), so only
+    checkpoints whose pickled files match the digests `distill` recorded when it wrote them are loaded.
+
+    Raises:
+        ValueError: naming --resume and the checkpoint.
+    """
+    root = (Path(out_dir) / CHECKPOINTS_DIR).resolve()
+    if path.resolve().parent != root:
+        raise ValueError(
+            f"--resume {path}: not a checkpoint of --out {out_dir} (checkpoints live in {root}); distill only "
+            "resumes from checkpoints it wrote there, since loading one unpickles its files"
+        )
+    recorded = _manifest(out_dir).get(path.name)
+    if recorded is None:
+        raise ValueError(
+            f"--resume: {path} was not written by distill in --out {out_dir} (not in {MANIFEST}); "
+            "refusing to unpickle it; remove it, or use another --out"
+        )
+    if recorded != _pickled_files(path):
+        raise ValueError(
+            f"--resume: {path} changed since distill wrote it (its files differ from {MANIFEST}); "
+            "refusing to unpickle it; remove it to resume from an earlier checkpoint"
+        )
+
+
 def find_resume(out_dir, resume: str | None) -> Path | None:
-    """The checkpoint `--resume` names: None, `latest` (None when there is none yet), or a checkpoint path."""
+    """The checkpoint `--resume` names: None, `latest` (None when there is none yet), or a checkpoint path; a
+    checkpoint is returned only after :func:`verify_checkpoint`."""
     if resume is None:
         return None
     if resume == "latest":
         found = list_checkpoints(out_dir)
-        return found[-1][1] if found else None
-    path = Path(resume)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; pass --resume latest or a folder under "
-            f"{Path(out_dir) / CHECKPOINTS_DIR}"
-        )
+        if not found:
+            return None
+        path = found[-1][1]
+    else:
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"--resume: checkpoint {path} does not exist; pass --resume latest or a folder under "
+                f"{Path(out_dir) / CHECKPOINTS_DIR}"
+            )
+    verify_checkpoint(out_dir, path)
     return path
 
 
@@ -176,11 +266,21 @@ def checkpoint_step(path: Path) -> int:
 
 
 def prune_checkpoints(out_dir, limit: int | None) -> None:
-    """Delete the oldest checkpoints beyond `limit` (keep all when None)."""
+    """Delete the oldest checkpoints beyond `limit` (keep all when None; the newest is always kept).
+
+    Only checkpoint folders distill recorded in its manifest are removed (never a folder it did not write).
+    """
     if limit is None:
         return
-    for _, path in list_checkpoints(out_dir)[:-limit] if limit > 0 else list_checkpoints(out_dir):
+    if limit < 1:
+        raise ValueError(f"--checkpoints-limit must be >= 1 (the newest checkpoint is always kept), got {limit}")
+    manifest = _manifest(out_dir)
+    old = [path for _, path in list_checkpoints(out_dir)[:-limit] if path.name in manifest]
+    for path in old:
         shutil.rmtree(path)
+        manifest.pop(path.name)
+    if old:
+        write_json(Path(out_dir) / MANIFEST, manifest)
 
 
 # -------------------------------------------------------------------------------------------------- loss log

@@ -15,6 +15,8 @@ checkpoint.
 from __future__ import annotations
 
 import importlib.util
+import math
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -30,8 +32,11 @@ from torch.utils.data import BatchSampler, DataLoader
 from tqdm.auto import tqdm
 
 from ..formats import WIDTH_FORMAT, export_format
-from ..models import load_unet
-from ..runtime.atomic import write_json
+from ..models import load_unet, resolve_model
+from ..pipelines import offline_message
+from ..runtime.atomic import OUTPUT_MARKER, write_json
+from ..runtime.generation import check_resolution
+from ..runtime.readers import read_json
 from ..runtime.schedule import noise_scheduler
 from .data import EpochSampler, LatentCache, collate, open_dataset
 from .encoders import FrozenEncoders, load_encoders
@@ -45,6 +50,7 @@ from .files import (
     list_checkpoints,
     load_student,
     prune_checkpoints,
+    record_checkpoint,
 )
 from .losses import DistillationLoss
 from .projection import feature_projections
@@ -109,9 +115,22 @@ class DistillConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
-        for name in ("lambda_task", "lambda_out", "lambda_feat"):
-            if not getattr(self, name) >= 0:
+        for name in ("lambda_task", "lambda_out", "lambda_feat", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(self.lr) and 0 <= self.ema_decay <= 1):
+            raise ValueError(f"--lr must be finite and --ema-decay in [0, 1], got {self.lr} and {self.ema_decay}")
+        for name in ("checkpoint_every", "num_workers", "seed"):
+            if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.checkpoints_limit is not None and self.checkpoints_limit < 1:
+            raise ValueError(
+                f"--checkpoints-limit must be >= 1 (the newest checkpoint is kept), got {self.checkpoints_limit}"
+            )
+        if self.validation_steps < 1:
+            raise ValueError(f"--validation-steps must be >= 1, got {self.validation_steps}")
+        check_resolution(self.resolution)
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}")
         if self.feature_layers not in (*FEATURE_LAYERS, "none"):
@@ -120,6 +139,35 @@ class DistillConfig:
             raise ValueError(f"--report-to {self.report_to!r}: only tensorboard is supported")
         if self.report_to and not importlib.util.find_spec("tensorboard"):
             raise ValueError("--report-to tensorboard needs the tensorboard package: pip install tensorboard")
+
+
+#: Settings a resumed run must share with the run it continues (`--max-steps` and bookkeeping flags may change).
+RESUME_KEYS = (
+    "teacher", "student", "data", "batch_size", "grad_accum", "lr", "weight_decay", "max_grad_norm", "lambda_task",
+    "lambda_out", "lambda_feat", "feature_layers", "mixed_precision", "ema", "ema_decay", "seed", "resolution",
+    "flip", "random_init",
+)  # fmt: skip
+
+
+def check_resume_settings(cfg: DistillConfig, out: Path) -> None:
+    """Refuse to resume a run in `out` with other settings than its `distill_config.json` (both values named).
+
+    Raises:
+        ValueError: a :data:`RESUME_KEYS` setting differs.
+    """
+    path = out / "distill_config.json"
+    if cfg.resume is None or not path.exists():
+        return
+    old, new = read_json(path, "distill_config.json"), asdict(cfg)
+    for key in RESUME_KEYS:
+        a, b = old.get(key), new[key]
+        if key in ("teacher", "student", "data") and isinstance(a, str):
+            a, b = str(Path(resolve_model(a)).resolve()), str(Path(resolve_model(b)).resolve())
+        if key in old and a != b:
+            raise ValueError(
+                f"--{key.replace('_', '-')} {new[key]} differs from {old.get(key)} of the run being resumed "
+                f"in {path}; pass the same value to resume, or another --out"
+            )
 
 
 @dataclass
@@ -163,9 +211,37 @@ class DistillRecipe:
         self.cfg, self.out = cfg, Path(cfg.out)
         self.progress, self.ema, self.resumed_from = TrainProgress(), None, None
         self.bad_images: set[str] = set()
+        self.dataset = None
         self.last: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------------ setup
+    def validate(self) -> None:
+        """The cheap checks, before any model loads or anything is written: the output folder, a resumed run's
+        settings and checkpoint, the teacher's name, and the data against the batch size."""
+        cfg = self.cfg
+        if self.out.exists() and not self.out.is_dir():
+            raise FileExistsError(f"--out {self.out} is a file; pass a folder")
+        if self.out.is_dir() and any(self.out.iterdir()) and cfg.resume is None:
+            raise FileExistsError(
+                f"--out {self.out} is not empty; pass --resume latest to continue that run, or another --out"
+            )
+        find_resume(self.out, cfg.resume)  # a checkpoint this run's --out did not write is refused here
+        check_resume_settings(cfg, self.out)
+        teacher = resolve_model(cfg.teacher)
+        if not Path(teacher).exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+            raise FileNotFoundError(f"--teacher: {offline_message(cfg.teacher)}")
+        for flag, path in (("--student", cfg.student), ("--data", cfg.data)):
+            if not Path(path).exists():
+                raise FileNotFoundError(f"{flag} {path} does not exist")
+        self.dataset = open_dataset(cfg.data, cfg.resolution, cfg.seed, cfg.flip, scan=True)
+        self.bad_images.update(getattr(self.dataset, "skipped", []))
+        size = len(self.dataset)
+        if size < cfg.batch_size:
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} is larger than the {size} samples of --data {cfg.data}; "
+                f"pass --batch-size {size} or less"
+            )
+
     def setup(self) -> None:
         cfg = self.cfg
         plugin = GradientAccumulationPlugin(num_steps=cfg.grad_accum, sync_with_dataloader=False)
@@ -205,7 +281,8 @@ class DistillRecipe:
 
     def _setup_data(self) -> None:
         cfg = self.cfg
-        self.dataset = open_dataset(cfg.data, cfg.resolution, cfg.seed, cfg.flip)
+        if getattr(self, "dataset", None) is None:
+            self.dataset = open_dataset(cfg.data, cfg.resolution, cfg.seed, cfg.flip, scan=True)
         if isinstance(self.dataset, LatentCache):
             meta = self.dataset.meta
             self.encoders = FrozenEncoders(None, None, meta["scaling_factor"], meta.get("shift_factor", 0.0))
@@ -308,6 +385,7 @@ class DistillRecipe:
         self.columns = LOSS_COLUMNS + [f"feat:{p.name}" for p in self.pairs]
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / OUTPUT_MARKER).write_text("written by prune_lab distill\n")
             record = {**asdict(cfg), "feature_pairs": self.pairing.to_dict()}  # which features were distilled
             write_json(self.out / "distill_config.json", record)
             step = self.progress.step if self.resumed_from else None
@@ -398,6 +476,7 @@ class DistillRecipe:
         acc.save_state(str(staging))
         acc.wait_for_everyone()
         if acc.is_main_process:
+            record_checkpoint(self.out, staging, final.name)  # before the rename: a listed checkpoint is recorded
             if final.exists():
                 shutil.rmtree(final)
             staging.rename(final)
@@ -430,11 +509,18 @@ class DistillRecipe:
 
     def run(self) -> TrainResult:
         """setup, train, export, cleanup (cleanup also after an error; nothing is exported then)."""
+        self.validate()
+        fresh = not self.out.exists()
         try:
             self.setup()
             result = self.train()
             result.exported = self.export()
             return result
+        except BaseException:
+            main = getattr(self, "accelerator", None) is None or self.accelerator.is_main_process
+            if fresh and main and self.out.is_dir() and not list_checkpoints(self.out):
+                shutil.rmtree(self.out, ignore_errors=True)  # this run made it and saved nothing to resume from
+            raise
         finally:
             self.cleanup()
 

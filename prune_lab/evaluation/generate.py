@@ -17,7 +17,6 @@ Processes: process ``k`` of ``n`` takes prompt indices ``k, k+n, k+2n, ...`` (ru
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +31,8 @@ from tqdm.auto import tqdm
 from .. import pipelines
 from ..runtime import samplers
 from ..runtime.atomic import atomic_path, write_json
-from ..runtime.generation import sample
+from ..runtime.generation import check_resolution, sample
+from ..runtime.readers import read_json
 from .images import image_name
 
 #: Image formats by extension (JPEG at PIL's default quality 75 is what BK-SDM's scripts wrote).
@@ -71,6 +71,7 @@ class GenerationConfig:
             raise ValueError(f"unknown image format {self.ext!r}; choose one of {', '.join(IMAGE_FORMATS)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps ({self.steps}) and batch size ({self.batch_size}) must be at least 1")
+        check_resolution(self.resolution)
 
 
 @dataclass
@@ -132,9 +133,15 @@ def check_resume(out_dir: str | os.PathLike, settings: dict) -> None:
         ValueError: the folder was started with other settings.
     """
     path = Path(out_dir) / "generation.json"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
-    old = json.loads(path.read_text())
+    old = read_json(path, "generation.json")
+    for key in PIXEL_KEYS:
+        if key in old and not isinstance(old[key], (str, int, float, type(None))):
+            raise ValueError(
+                f"{path}: {key!r} is a {type(old[key]).__name__}, not a setting; this is not a generate folder "
+                "(use another --out, or remove the file)"
+            )
     known = [k for k in PIXEL_KEYS if settings.get(k) is not None]
     diff = {k: (old.get(k), settings[k]) for k in known if old.get(k) != settings[k]}
     if diff:

@@ -44,14 +44,36 @@ def paired_images(folder: str | os.PathLike, prompts: pd.DataFrame) -> list[Path
         FileNotFoundError: some rows have no image; the message says how many and which one comes first.
     """
     by_stem = {p.stem: p for p in list_images(folder)}
-    stems = [Path(str(name)).stem for name in prompts["file_name"]]
-    missing = [s for s in stems if s not in by_stem]
+    names = [str(name) for name in prompts["file_name"]]
+    missing = [n for n in names if Path(n).stem not in by_stem]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} of {len(stems)} images named by the prompt file are missing from "
+            f"{len(missing)} of {len(names)} images named by the prompt file are missing from "
             f"{folder} (first: {missing[0]}); finish them with prunelab generate (it resumes)"
         )
-    return [by_stem[s] for s in stems]
+    return [by_stem[Path(n).stem] for n in names]
+
+
+def check_images(files: Sequence[Path]) -> None:
+    """Refuse a folder with an image that does not decode (PIL's `verify`: header and checksums), before any network
+    loads: a metric over the readable subset would silently describe other images.
+
+    Raises:
+        ValueError: naming the first unreadable file and the count.
+    """
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError) as e:
+            bad.append((path, e))
+    if bad:
+        path, e = bad[0]
+        raise ValueError(
+            f"{path} is not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+            f"{len(bad)} unreadable in all); regenerate or remove it"
+        )
 
 
 def resize_image(img: Image.Image, size: int | None) -> Image.Image:

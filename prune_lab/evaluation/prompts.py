@@ -17,7 +17,6 @@ arXiv:2305.15798, after GALIP / Imagen): a random subset of the images of the va
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..runtime.atomic import write_csv
-from ..runtime.readers import read_prompt_lines
+from ..runtime.readers import MAX_CAPTION_CHARS, json_field, read_csv_records, read_json, read_prompt_lines
 
 PROMPT_COLUMNS = ["file_name", "text"]
 
@@ -41,6 +40,12 @@ def _check(df: pd.DataFrame, source: str) -> pd.DataFrame:
     if df["text"].isna().any():
         empty = df["text"].isna()
         raise ValueError(f"{source} has {int(empty.sum())} empty prompts (first: row {empty.idxmax()})")
+    long = df["text"].map(len) > MAX_CAPTION_CHARS
+    if long.any():
+        raise ValueError(
+            f"{source} row {long.idxmax() + 1} has a prompt of {len(df['text'][long.idxmax()])} characters (at most "
+            f"{MAX_CAPTION_CHARS}; text encoders read only the first 77 tokens); shorten it"
+        )
     stems = df["file_name"].map(lambda name: Path(str(name)).stem)
     if stems.duplicated().any():
         raise ValueError(
@@ -61,13 +66,15 @@ def read_prompts(path: str | os.PathLike) -> pd.DataFrame:
         ValueError: no ``text`` column, empty prompts, or duplicate image names.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
             f"prompt file {path} does not exist (make one with prunelab coco-prompts, or a .txt "
             "with one prompt per line)"
         )
     if path.suffix.lower() == ".csv":
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        columns, records = read_csv_records(path, "prompt file")
+        df = pd.DataFrame(records, columns=columns, dtype=str)
+        df = df.mask(df == "")  # an empty cell is a missing value, as pandas' reader has it
         if "text" not in df.columns:
             raise ValueError(
                 f"{path} has no 'text' column (columns: {', '.join(map(str, df.columns))}); a prompt CSV "
@@ -87,11 +94,27 @@ def write_prompts(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return write_csv(path, df[columns])
 
 
-def _captions_by_image(annotations: dict) -> dict[int, list[dict]]:
+def _captions_by_image(annotations: list, path: Path) -> dict[int, list[dict]]:
     by_image: dict[int, list[dict]] = defaultdict(list)
-    for ann in annotations["annotations"]:
-        by_image[int(ann["image_id"])].append(ann)
+    for i, ann in enumerate(annotations):
+        where = f"{path} annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise ValueError(f"{where} is not an object with image_id, id and caption")
+        json_field(ann, "image_id", int, where)
+        json_field(ann, "id", int, where)
+        json_field(ann, "caption", str, where)
+        by_image[ann["image_id"]].append(ann)
     return by_image
+
+
+def _image_names(images: list, path: Path) -> dict[int, str]:
+    names = {}
+    for i, img in enumerate(images):
+        where = f"{path} images[{i}]"
+        if not isinstance(img, dict):
+            raise ValueError(f"{where} is not an object with id and file_name")
+        names[json_field(img, "id", int, where)] = json_field(img, "file_name", str, where)
+    return names
 
 
 def coco_captions(annotations: str | os.PathLike, n: int | None = 30_000, seed: int = 0) -> pd.DataFrame:
@@ -111,16 +134,15 @@ def coco_captions(annotations: str | os.PathLike, n: int | None = 30_000, seed: 
         DataFrame with columns ``file_name`` (the COCO image file), ``text``, ``image_id``, ``caption_id``.
     """
     path = Path(annotations)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
-            f"COCO annotations {path} not found; pass --annotations "
-            "annotations/captions_val2014.json from annotations_trainval2014.zip"
+            f"--annotations {path} not found; pass annotations/captions_val2014.json from annotations_trainval2014.zip"
         )
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path, "--annotations COCO captions file")
     if "annotations" not in data or "images" not in data:
-        raise ValueError(f"{path} is not a COCO captions file (needs 'images' and 'annotations')")
-    by_image = _captions_by_image(data)
-    names = {int(img["id"]): img["file_name"] for img in data["images"]}
+        raise ValueError(f"--annotations {path} is not a COCO captions file (needs 'images' and 'annotations')")
+    by_image = _captions_by_image(json_field(data, "annotations", list, str(path)), path)
+    names = _image_names(json_field(data, "images", list, str(path)), path)
     ids = np.array(sorted(i for i in by_image if i in names), dtype=np.int64)
     n = len(ids) if n is None else n
     if not 0 < n <= len(ids):
@@ -136,7 +158,7 @@ def coco_captions(annotations: str | os.PathLike, n: int | None = 30_000, seed: 
                 "file_name": names[image_id],
                 "text": " ".join(ann["caption"].split()),
                 "image_id": image_id,
-                "caption_id": int(ann["id"]),
+                "caption_id": ann["id"],
             }
         )
     return pd.DataFrame(rows)

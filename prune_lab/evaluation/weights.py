@@ -29,6 +29,8 @@ class WeightsFile:
     url: str
     flag: str
     aliases: tuple[str, ...] = ()
+    #: a pickled state dict (`.pth`): checked with `torch.load(weights_only=True)` before a library unpickles it
+    state_dict: bool = False
 
     def hint(self) -> str:
         return f"pass {self.flag} PATH to a local {self.filename} ({self.url})"
@@ -42,6 +44,7 @@ INCEPTION = WeightsFile(
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
     "--inception",
     aliases=("weights-inception-2015-12-05-6726825d.pth",),
+    state_dict=True,
 )
 
 #: NVIDIA's TorchScript export of the same network: FID in clean-fid's ``clean`` mode.
@@ -73,6 +76,8 @@ def locate(spec: WeightsFile, path: str | os.PathLike | None = None, *, progress
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{spec.flag} {path}: no such file (expected {spec.what}, {spec.filename})")
+        if spec.state_dict:
+            check_state_dict(path, spec)
         return path
     for folder in _cache_dirs():
         for name in (spec.filename, *spec.aliases):
@@ -88,6 +93,24 @@ def locate(spec: WeightsFile, path: str | os.PathLike | None = None, *, progress
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FileNotFoundError(f"{spec.what} could not be downloaded ({reason}); {spec.hint()}") from None
     return target
+
+
+def check_state_dict(path: Path, spec: WeightsFile) -> None:
+    """Refuse a user's weights file unless it unpickles as plain tensors (`weights_only=True`), before torch-fidelity
+    or clean-fid load it without that guard.
+
+    Raises:
+        ValueError: the file holds code or other objects, or is not a torch file (the flag and file named).
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{spec.flag} {path} is not a plain weights file ({reason[:160]}); {spec.hint()}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{spec.flag} {path} holds a {type(state).__name__}, not a state dict; {spec.hint()}")
 
 
 @contextmanager

@@ -11,6 +11,23 @@ from __future__ import annotations
 
 import torch
 
+#: Image sides must be a multiple of this: the VAEs of SD, SDXL and the demo pipeline downsample by 8 or less.
+LATENT_FACTOR = 8
+
+
+def check_resolution(value: int | None, flag: str = "--resolution") -> None:
+    """Refuse an image side that is not a positive multiple of :data:`LATENT_FACTOR` (None: the model's own).
+
+    Raises:
+        ValueError: naming `flag`, the value and the nearest valid one.
+    """
+    if value is not None and (value < LATENT_FACTOR or value % LATENT_FACTOR):
+        nearest = max(1, value // LATENT_FACTOR) * LATENT_FACTOR
+        raise ValueError(
+            f"{flag} {value} is not a positive multiple of {LATENT_FACTOR} (the VAE's downsampling factor); "
+            f"use e.g. {nearest}"
+        )
+
 
 def initial_latents(pipe, count: int, seed: int) -> torch.Tensor:
     """The initial noise (count, C, h, w) for generation at the U-Net's sample size: latent i is drawn from seed + i

@@ -7,12 +7,20 @@
 * :func:`read_rgb` opens an image as RGB; :func:`crop_tensor` makes the training / calibration view of it
   (smaller edge resized to R, bilinear with antialiasing, center crop, values in [-1, 1]).
 
+Bad rows, decided once for every reader: a metadata problem (not UTF-8, invalid CSV or JSON, a row without
+`file_name` / `text`, a `file_name` outside the folder, a missing image or a folder in its place, a caption over
+:data:`MAX_CAPTION_CHARS` characters) is an error naming the file and the row. An image that does not decode is
+skipped by training and caching (`distill`, `cache-latents`: each one named in the output, with the count; one
+corrupt file should not stop a long run) and refused by `eval` (a metric over the readable subset would describe
+other images).
+
 Text is read exactly as written (csv / json strings, never type-inferred), so a caption `1.50` stays `1.50`.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -20,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
+#: Longest caption accepted (characters): far beyond the 77 tokens a CLIP text encoder reads, so only a broken
+#: metadata file (a whole document in one cell) trips it.
+MAX_CAPTION_CHARS = 4096
 COLUMNS = ("file_name", "text")
 
 
@@ -38,6 +49,39 @@ class ImageText:
     text: str
 
 
+def read_text(path: str | os.PathLike, what: str, fix: str = "") -> str:
+    """The UTF-8 text of a file a user hands in; errors name `what`, the file and (for bad bytes) the line.
+
+    Raises:
+        FileNotFoundError: no such file, or a folder there.
+        ValueError: not UTF-8.
+    """
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{what} {path} {state}" + (f"; {fix}" if fix else ""))
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{what} {path} line {line} is not UTF-8 text; save it as UTF-8") from None
+
+
+def read_csv_records(path: str | os.PathLike, what: str = "CSV file") -> tuple[list[str], list[dict]]:
+    """The header and rows of a CSV file, strictly parsed (an unbalanced quote is an error, not one huge cell).
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`read_text`; invalid CSV (the line named).
+    """
+    text = read_text(path, what)
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
+        return list(reader.fieldnames or []), list(reader)
+    except csv.Error as e:
+        raise ValueError(f"{what} {path} line {reader.line_num} is not valid CSV ({e}); check its quotes") from None
+
+
 def read_prompt_lines(path: str | os.PathLike) -> list[str]:
     """The non-empty lines of a prompts file, stripped, in file order.
 
@@ -46,12 +90,60 @@ def read_prompt_lines(path: str | os.PathLike) -> list[str]:
         ValueError: the file holds no prompt.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist; pass a text file with one prompt per line")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = read_text(path, "prompts file", "pass a text file with one prompt per line")
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"prompts file {path} is empty; put one prompt per line")
     return prompts
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", *, kind: type | None = dict):
+    """Parse a JSON file a user hands in, naming the file in every error.
+
+    Args:
+        what: how the messages call the file (`COCO captions file`, `generation.json`).
+        kind: the type the top level must have (None: any).
+
+    Raises:
+        FileNotFoundError: no such file (or a folder where the file should be).
+        ValueError: not UTF-8, not JSON, nested too deeply, or a top level of another type.
+    """
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{what} {path} {state}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not UTF-8 text; save it as UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON ({e.msg}, line {e.lineno}); fix or remove it") from None
+    except RecursionError:
+        raise ValueError(f"{what} {path} is nested too deeply to be a valid {what}") from None
+    if kind is not None and not isinstance(data, kind):
+        raise ValueError(
+            f"{what} {path} holds a JSON {type(data).__name__}, not a JSON {_JSON_NAMES.get(kind, kind.__name__)}"
+        )
+    return data
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string"}
+
+
+def json_field(data: dict, key: str, kind: type | tuple[type, ...], where: str):
+    """`data[key]`, checked to be of `kind`; errors name `where` (the file, and the row if any) and the key.
+
+    Raises:
+        ValueError: the key is missing or its value has another type.
+    """
+    if not isinstance(data, dict) or key not in data:
+        raise ValueError(f"{where} has no {key!r}")
+    value = data[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+        names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+        raise ValueError(f"{where}: {key!r} is a {type(value).__name__}, not {names}")
+    return value
 
 
 def metadata_file(folder: str | os.PathLike) -> Path:
@@ -74,21 +166,26 @@ def metadata_file(folder: str | os.PathLike) -> Path:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    text = read_text(path, "metadata file")
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    try:
         for number, row in enumerate(reader, start=1):
             yield f"row {number} (line {reader.line_num})", row
+    except csv.Error as e:
+        raise ValueError(f"{path} line {reader.line_num} is not valid CSV ({e}); check its quotes") from None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    with path.open(encoding="utf-8") as f:
-        lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
+    text = read_text(path, "metadata file")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     for row, (n, line) in enumerate(lines, start=1):
         where = f"row {row} (line {n})"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} {where} is not valid JSON ({e.msg}); write one JSON object per line") from None
+        except RecursionError:
+            raise ValueError(f"{path} {where} is nested too deeply; write one flat JSON object per line") from None
         if not isinstance(record, dict):
             raise ValueError(f"{path} {where} is not a JSON object; write one object with file_name,text per line")
         yield where, record
@@ -98,6 +195,11 @@ def _check_row(meta: Path, where: str, row: dict) -> tuple[str, str]:
     missing = [c for c in COLUMNS if row.get(c) is None or (c == "file_name" and not row[c])]
     if missing:
         raise ValueError(f"{meta} {where} has no {' or '.join(missing)}; every row needs file_name,text")
+    if len(str(row["text"])) > MAX_CAPTION_CHARS:
+        raise ValueError(
+            f"{meta} {where} has a caption of {len(str(row['text']))} characters (at most {MAX_CAPTION_CHARS}; text "
+            "encoders read only the first 77 tokens); shorten it"
+        )
     name = str(row["file_name"])
     relative = PurePath(os.path.normpath(name))
     if relative.is_absolute() or relative.parts[:1] == ("..",):
@@ -125,6 +227,10 @@ def read_image_text(folder: str | os.PathLike) -> list[ImageText]:
     checked = [(where, *_check_row(meta, where, row)) for where, row in rows]
     if not checked:
         raise ValueError(f"{meta} lists no images; add rows file_name,text")
+    folders = [(where, name) for where, name, _ in checked if (folder / name).is_dir()]
+    if folders:
+        where, name = folders[0]
+        raise ValueError(f"{meta} {where} lists {name}, which is a folder in {folder}, not an image file")
     missing = [(where, name) for where, name, _ in checked if not (folder / name).is_file()]
     if missing:
         where, name = missing[0]
