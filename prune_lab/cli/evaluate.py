@@ -140,10 +140,11 @@ def _table(results: list[dict]) -> pd.DataFrame:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluation.images import check_images, list_images, paired_images
+    from ..evaluation.images import list_images, paired_images
     from ..evaluation.prompts import read_prompts
     from ..evaluation.protocol import Evaluator, check_settings
     from ..runtime.atomic import write_text
+    from ..runtime.readers import check_images
 
     settings = _settings(args)
     prompts = read_prompts(args.prompts) if args.prompts else None

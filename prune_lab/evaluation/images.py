@@ -54,28 +54,6 @@ def paired_images(folder: str | os.PathLike, prompts: pd.DataFrame) -> list[Path
     return [by_stem[Path(n).stem] for n in names]
 
 
-def check_images(files: Sequence[Path]) -> None:
-    """Refuse a folder with an image that does not decode (PIL's `verify`: header and checksums), before any network
-    loads: a metric over the readable subset would silently describe other images.
-
-    Raises:
-        ValueError: naming the first unreadable file and the count.
-    """
-    bad = []
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except (OSError, SyntaxError, ValueError) as e:
-            bad.append((path, e))
-    if bad:
-        path, e = bad[0]
-        raise ValueError(
-            f"{path} is not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-            f"{len(bad)} unreadable in all); regenerate or remove it"
-        )
-
-
 def resize_image(img: Image.Image, size: int | None) -> Image.Image:
     """Square bicubic resize to `size` x `size` (None: unchanged), as BK-SDM's ``change_img_size``."""
     if size is None or img.size == (size, size):

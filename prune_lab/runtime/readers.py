@@ -11,8 +11,9 @@ Bad rows, decided once for every reader: a metadata problem (not UTF-8, invalid 
 `file_name` / `text`, a `file_name` outside the folder, a missing image or a folder in its place, a caption over
 :data:`MAX_CAPTION_CHARS` characters) is an error naming the file and the row. An image that does not decode is
 skipped by training and caching (`distill`, `cache-latents`: each one named in the output, with the count; one
-corrupt file should not stop a long run) and refused by `eval` (a metric over the readable subset would describe
-other images).
+corrupt file should not stop a long run) and refused by `eval` and by calibration (`score`, `width`) through
+:func:`check_images` before any model loads (a metric or a score over the readable subset would describe other
+images).
 
 Text is read exactly as written (csv / json strings, never type-inferred), so a caption `1.50` stays `1.50`.
 """
@@ -23,7 +24,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -238,6 +239,30 @@ def read_image_text(folder: str | os.PathLike) -> list[ImageText]:
             f"{meta} {where} lists {name}, which is not in {folder} ({len(missing)} missing image(s) in all)"
         )
     return [ImageText(folder / name, name, text) for _, name, text in checked]
+
+
+def check_images(files: Sequence[Path]) -> None:
+    """Refuse a folder with an image that does not decode (PIL's `verify`: header and checksums), before any network
+    loads: a metric over the readable subset would silently describe other images.
+
+    Raises:
+        ValueError: naming the first unreadable file and the count.
+    """
+    from PIL import Image
+
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, SyntaxError, ValueError) as e:
+            bad.append((path, e))
+    if bad:
+        path, e = bad[0]
+        raise ValueError(
+            f"{path} is not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+            f"{len(bad)} unreadable in all); regenerate or remove it"
+        )
 
 
 def read_rgb(path: str | os.PathLike):

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtime.readers import read_image_text, read_prompt_lines
+from ..runtime.readers import check_images, read_image_text, read_prompt_lines
 from ..runtime.schedule import noise_scheduler
 from .calibration import (
     Calibration,
@@ -79,7 +79,9 @@ def read_source(source: CalibrationSource) -> list | None:
     """The rows (image folder) or prompts (prompts file) `source` names, read before any pipeline is loaded, so a
     bad file fails first; None for the other sources."""
     if source.kind == "folder":
-        return read_image_text(source.folder)[: source.samples]
+        rows = read_image_text(source.folder)[: source.samples]
+        check_images([r.path for r in rows])  # a calibration image that does not decode is an error, not skipped
+        return rows
     if source.kind == "prompts":
         return read_prompt_lines(source.prompts)[: source.samples]
     return None
