@@ -11,7 +11,7 @@ from pathlib import Path
 from ..runtime import samplers
 from ..runtime.tables import render
 from . import types as T
-from .outputs import check_file, check_folder
+from .common import check_file, check_folder
 
 
 def _path(text: str) -> Path:

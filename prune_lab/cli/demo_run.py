@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..runtime.tables import render
 from . import types as T
-from .outputs import check_folder
+from .common import check_folder
 
 
 def _at_least_two(text: str) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..backbones import feature_scopes
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 from . import types as T
-from .outputs import check_folder
+from .common import check_folder
 
 #: accelerate's `mixed_precision` name of each canonical dtype (`--mixed-precision` takes every spelling, or `no`).
 ACCELERATE_PRECISION = {"float32": "no", "float16": "fp16", "bfloat16": "bf16"}

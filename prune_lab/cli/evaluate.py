@@ -17,7 +17,7 @@ from ..runtime import samplers
 from ..runtime.dtypes import DTYPE_NAMES
 from ..runtime.tables import FORMATS, render
 from . import types as T
-from .outputs import check_file, check_folder
+from .common import check_file, check_folder
 
 if TYPE_CHECKING:
     import pandas as pd

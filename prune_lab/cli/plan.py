@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from ..runtime.budget import RESOURCES, parse_budget
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 from ..runtime.tables import FORMATS, render
-from .structure import PRESET_HELP, _model_arg, _params_m, _plan_from_args, check_device, check_out_file, out_path
+from .apply import params_m, plan_from_args
+from .common import PRESET_HELP, add_model_arg, check_device, check_file, out_path
 from .types import device, non_negative_int, positive_int
 
 if TYPE_CHECKING:
@@ -23,8 +24,8 @@ def _preset_plan(args: argparse.Namespace) -> int:
     from ..backbones import build_student
     from ..models import load_unet
 
-    check_out_file(args.out, "-o")
-    loaded, plan = _plan_from_args(args, lambda: load_unet(args.model, meta=True))
+    check_file("-o", args.out)
+    loaded, plan = plan_from_args(args, lambda: load_unet(args.model, meta=True))
     unet = loaded.unet
     compacted = build_student(unet, plan)  # validates the plan before anything is written
     plan.meta["student_params"] = sum(p.numel() for p in compacted.student.parameters())
@@ -32,7 +33,7 @@ def _preset_plan(args: argparse.Namespace) -> int:
     plan.save(args.out)
     print(
         f"wrote {args.out}: {len(plan.keep)} units kept, {len(compacted.resolution.removed)} removed, "
-        f"U-Net params {_params_m(plan.meta['student_params'])}M "
+        f"U-Net params {params_m(plan.meta['student_params'])}M "
         f"({'plain diffusers config' if compacted.expressible else 'needs prune_lab.load_pruned'})"
     )
     return 0
@@ -99,7 +100,7 @@ def _search_plan(args: argparse.Namespace) -> int:
     from ..search import get_strategy, search
 
     budget = parse_budget(args.target)  # bad budgets and strategies fail before anything is loaded
-    check_out_file(args.out, "-o")
+    check_file("-o", args.out)
     get_strategy(args.strategy)
     problem = _problem(args, budget.resource)
     result = search(problem, budget, args.strategy)
@@ -122,7 +123,7 @@ def _pareto(args: argparse.Namespace) -> int:
     from ..search import pareto_front
     from ..search.plot import plot_front
 
-    check_out_file(args.out, "-o")
+    check_file("-o", args.out)
     problem = _problem(args, args.resource)
     df = pareto_front(problem, args.resource, exact=not args.predicted, progress=True)
     plot = args.plot or args.out.with_suffix(".png")
@@ -143,7 +144,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("plan", help="write a plan.json: from a preset, or the best plan for a budget")
-    _model_arg(p)
+    add_model_arg(p)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--preset", help=PRESET_HELP)
     what.add_argument(

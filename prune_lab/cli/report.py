@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 from ..runtime.tables import FORMATS, render
-from .structure import MODEL_HELP, PRESET_HELP, check_device
+from .common import MODEL_HELP, PRESET_HELP, check_device
 from .types import device, non_negative_int, positive_int
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from ..runtime.tables import FORMATS, render
 from ..scoring.options import AblationOptions, ClipOptions
 from ..scoring.registry import list_criteria
 from .calibration import add_calibration_args, calibration_source
-from .structure import MODEL_HELP, check_device, check_figure_path, check_out_file, library_bars, out_path
+from .common import MODEL_HELP, check_device, check_figure_path, check_file, library_bars, out_path
 from .types import device, finite_float, positive_int
 
 SHOWN = ["name", "label", "kind", "criterion", "raw", "importance", "rank"]
@@ -47,11 +47,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     for flag in ("model", "criterion", "out"):
         if not getattr(args, flag):
             raise ValueError(f"score needs --{flag} (or --compare a.csv b.csv)")
-    check_out_file(args.out, "-o")
+    check_file("-o", args.out)
     if args.out.suffix == ".json":
         raise ValueError(f"-o {args.out}: give the CSV to write (score writes its JSON copy beside it as .json)")
     if args.save_calib:
-        check_out_file(args.save_calib, "--save-calib")
+        check_file("--save-calib", args.save_calib)
     check_device(args.device)
     fewest = samplers.SAMPLERS.get(args.scheduler).min_steps
     if args.steps < fewest:

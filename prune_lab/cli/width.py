@@ -7,7 +7,7 @@ import sys
 
 from ..runtime.tables import FORMATS, render
 from .calibration import add_calibration_args, calibration_source
-from .structure import MODEL_HELP, check_out_dir, check_out_file, library_bars, model_inputs
+from .common import MODEL_HELP, check_file, check_folder, library_bars, model_inputs
 from .types import non_empty, non_negative_float, non_negative_int, positive_int
 
 
@@ -15,9 +15,9 @@ def cmd_width(args: argparse.Namespace) -> int:
     from ..width import TaylorSettings
     from ..width.run import prune_model_width, width_summary
 
-    check_out_dir(args.out, "--out", overwrite=args.overwrite, inputs=model_inputs(args.model))
+    check_folder("--out", args.out, overwrite=args.overwrite, inputs=model_inputs(args.model))
     if args.save_calib:
-        check_out_file(args.save_calib, "--save-calib")
+        check_file("--save-calib", args.save_calib)
 
     with library_bars(not args.quiet):
         run = prune_model_width(
