@@ -145,5 +145,7 @@ def test_unknown_name_suggests_the_closest(sd_unet):
 
 
 def test_walk_rejects_models_no_backbone_handles():
-    with pytest.raises(ValueError, match="no backbone for the model, a Linear; it handles: UNet2DConditionModel, UNet2DModel"):
+    with pytest.raises(
+        ValueError, match="no backbone for the model, a Linear; it handles: UNet2DConditionModel, UNet2DModel"
+    ):
         walk(torch.nn.Linear(2, 2))
