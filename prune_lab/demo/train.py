@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..runtime.atomic import atomic_folder, write_json, write_with
 from ..runtime.clip import normalize_images
-from ..runtime.readers import read_json
+from ..runtime.validate import read_json
 from . import DEMO_DIR
 from . import architecture as arch
 from .scorer import CLIP_NAME, model_config, multi_positive_clip_loss, register

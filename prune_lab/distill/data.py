@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from ..runtime.atomic import OUTPUT_MARKER, check_removable, write_json, write_with
 from ..runtime.generation import check_resolution
-from ..runtime.readers import crop_tensor, json_field, read_image_text, read_json, read_rgb
+from ..runtime.readers import crop_tensor, read_image_text, read_rgb
+from ..runtime.validate import need, read_json
 from .encoders import FrozenEncoders, encode_moments
 
 CACHE_FORMAT, CACHE_VERSION, CACHE_INDEX = "prune_lab.latent_cache", 1, "cache.json"
@@ -238,15 +239,15 @@ def read_cache_index(path: Path) -> dict:
     if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
         raise ValueError(f"{path} is not a prune_lab latents cache version {CACHE_VERSION}; rewrite it")
     where = str(path)
-    json_field(meta, "flip", bool, where)
-    json_field(meta, "resolution", int, where)
-    json_field(meta, "scaling_factor", (int, float), where)
-    for i, name in enumerate(json_field(meta, "cond", list, where)):
+    need(meta, "flip", bool, where)
+    need(meta, "resolution", int, where)
+    need(meta, "scaling_factor", (int, float), where)
+    for i, name in enumerate(need(meta, "cond", list, where)):
         if not isinstance(name, str):
             raise ValueError(f"{path}: cond[{i}] is a {type(name).__name__}, not a tensor name")
-    for i, shard in enumerate(json_field(meta, "shards", list, where)):
-        json_field(shard, "file", str, f"{path} shards[{i}]")
-        json_field(shard, "count", int, f"{path} shards[{i}]")
+    for i, shard in enumerate(need(meta, "shards", list, where)):
+        need(shard, "file", str, f"{path} shards[{i}]")
+        need(shard, "count", int, f"{path} shards[{i}]")
         if "/" in shard["file"] or "\\" in shard["file"] or shard["file"].startswith("."):
             raise ValueError(f"{path} shards[{i}] names {shard['file']!r}, which is not a file of the cache folder")
     return meta

@@ -21,7 +21,7 @@ from ..backbones import build_student, instantiate, resolve, walk
 from ..formats import PRUNED_MARKER, WEIGHTS_NAME, WIDTH_FORMAT, export_format, load_pruned
 from ..plan import Plan, fingerprint
 from ..runtime.atomic import write_json
-from ..runtime.readers import read_json
+from ..runtime.validate import read_json
 
 CHECKPOINTS_DIR, CHECKPOINT_PREFIX = "checkpoints", "checkpoint-"
 

@@ -36,8 +36,8 @@ from ..models import load_unet, resolve_model
 from ..pipelines import offline_message
 from ..runtime.atomic import OUTPUT_MARKER, write_json
 from ..runtime.generation import check_resolution
-from ..runtime.readers import read_json
 from ..runtime.schedule import noise_scheduler
+from ..runtime.validate import read_json
 from .data import EpochSampler, LatentCache, collate, open_dataset
 from .encoders import FrozenEncoders, load_encoders
 from .features import FEATURE_LAYERS, feature_pairing

@@ -32,7 +32,7 @@ from .. import pipelines
 from ..runtime import samplers
 from ..runtime.atomic import atomic_path, write_json
 from ..runtime.generation import check_resolution, sample
-from ..runtime.readers import read_json
+from ..runtime.validate import read_json
 from .images import image_name
 
 #: Image formats by extension (JPEG at PIL's default quality 75 is what BK-SDM's scripts wrote).

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..runtime.atomic import write_csv
-from ..runtime.readers import MAX_CAPTION_CHARS, json_field, read_csv_records, read_json, read_prompt_lines
+from ..runtime.readers import MAX_CAPTION_CHARS, read_csv_records, read_prompt_lines
+from ..runtime.validate import need, read_json
 
 PROMPT_COLUMNS = ["file_name", "text"]
 
@@ -100,9 +101,9 @@ def _captions_by_image(annotations: list, path: Path) -> dict[int, list[dict]]:
         where = f"{path} annotations[{i}]"
         if not isinstance(ann, dict):
             raise ValueError(f"{where} is not an object with image_id, id and caption")
-        json_field(ann, "image_id", int, where)
-        json_field(ann, "id", int, where)
-        json_field(ann, "caption", str, where)
+        need(ann, "image_id", int, where)
+        need(ann, "id", int, where)
+        need(ann, "caption", str, where)
         by_image[ann["image_id"]].append(ann)
     return by_image
 
@@ -113,7 +114,7 @@ def _image_names(images: list, path: Path) -> dict[int, str]:
         where = f"{path} images[{i}]"
         if not isinstance(img, dict):
             raise ValueError(f"{where} is not an object with id and file_name")
-        names[json_field(img, "id", int, where)] = json_field(img, "file_name", str, where)
+        names[need(img, "id", int, where)] = need(img, "file_name", str, where)
     return names
 
 
@@ -141,8 +142,8 @@ def coco_captions(annotations: str | os.PathLike, n: int | None = 30_000, seed: 
     data = read_json(path, "--annotations COCO captions file")
     if "annotations" not in data or "images" not in data:
         raise ValueError(f"--annotations {path} is not a COCO captions file (needs 'images' and 'annotations')")
-    by_image = _captions_by_image(json_field(data, "annotations", list, str(path)), path)
-    names = _image_names(json_field(data, "images", list, str(path)), path)
+    by_image = _captions_by_image(need(data, "annotations", list, str(path)), path)
+    names = _image_names(need(data, "images", list, str(path)), path)
     ids = np.array(sorted(i for i in by_image if i in names), dtype=np.int64)
     n = len(ids) if n is None else n
     if not 0 < n <= len(ids):

@@ -28,6 +28,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+from .validate import read_text
+
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 #: Longest caption accepted (characters): far beyond the 77 tokens a CLIP text encoder reads, so only a broken
 #: metadata file (a whole document in one cell) trips it.
@@ -48,25 +50,6 @@ class ImageText:
     path: Path
     file_name: str
     text: str
-
-
-def read_text(path: str | os.PathLike, what: str, fix: str = "") -> str:
-    """The UTF-8 text of a file a user hands in; errors name `what`, the file and (for bad bytes) the line.
-
-    Raises:
-        FileNotFoundError: no such file, or a folder there.
-        ValueError: not UTF-8.
-    """
-    path = Path(path)
-    if not path.is_file():
-        state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"{what} {path} {state}" + (f"; {fix}" if fix else ""))
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ValueError(f"{what} {path} line {line} is not UTF-8 text; save it as UTF-8") from None
 
 
 def read_csv_records(path: str | os.PathLike, what: str = "CSV file") -> tuple[list[str], list[dict]]:
@@ -96,55 +79,6 @@ def read_prompt_lines(path: str | os.PathLike) -> list[str]:
     if not prompts:
         raise ValueError(f"prompts file {path} is empty; put one prompt per line")
     return prompts
-
-
-def read_json(path: str | os.PathLike, what: str = "JSON file", *, kind: type | None = dict):
-    """Parse a JSON file a user hands in, naming the file in every error.
-
-    Args:
-        what: how the messages call the file (`COCO captions file`, `generation.json`).
-        kind: the type the top level must have (None: any).
-
-    Raises:
-        FileNotFoundError: no such file (or a folder where the file should be).
-        ValueError: not UTF-8, not JSON, nested too deeply, or a top level of another type.
-    """
-    path = Path(path)
-    if not path.is_file():
-        state = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"{what} {path} {state}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"{what} {path} is not UTF-8 text; save it as UTF-8 JSON") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is not valid JSON ({e.msg}, line {e.lineno}); fix or remove it") from None
-    except RecursionError:
-        raise ValueError(f"{what} {path} is nested too deeply to be a valid {what}") from None
-    if kind is not None and not isinstance(data, kind):
-        raise ValueError(
-            f"{what} {path} holds a JSON {type(data).__name__}, not a JSON {_JSON_NAMES.get(kind, kind.__name__)}"
-        )
-    return data
-
-
-_JSON_NAMES = {dict: "object", list: "array", str: "string"}
-
-
-def json_field(data: dict, key: str, kind: type | tuple[type, ...], where: str):
-    """`data[key]`, checked to be of `kind`; errors name `where` (the file, and the row if any) and the key.
-
-    Raises:
-        ValueError: the key is missing or its value has another type.
-    """
-    if not isinstance(data, dict) or key not in data:
-        raise ValueError(f"{where} has no {key!r}")
-    value = data[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
-        names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
-        raise ValueError(f"{where}: {key!r} is a {type(value).__name__}, not {names}")
-    return value
 
 
 def metadata_file(folder: str | os.PathLike) -> Path:

@@ -58,10 +58,12 @@ def check_input_file(path: str | os.PathLike, what: str = "file", fix: str = "")
 def read_text(path: str | os.PathLike, what: str = "file", fix: str = "") -> str:
     """The UTF-8 text of the file at `path` (ValueError naming it when it is not UTF-8)."""
     path = check_input_file(path, what, fix)
+    data = path.read_bytes()
     try:
-        return path.read_bytes().decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {path} is not UTF-8 text (byte {e.start}); is it the right file?") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{what} {path} line {line} is not UTF-8 text; save it as UTF-8") from None
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", *, expect: type | None = dict, fix: str = "") -> Any:
@@ -99,6 +101,8 @@ def need(data: Mapping, key: str, kinds: type | tuple[type, ...], where: str, *,
     A missing key returns `default` when one is given, else is an error; `bool` never passes for `int`.
     """
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} is {json_type(data)}, not {_JSON_NAMES[dict]} with {key!r}")
     if key not in data:
         if default is not _MISSING:
             return default
