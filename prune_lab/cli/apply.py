@@ -32,7 +32,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     inputs = [*model_inputs(args.model), args.keep, args.scores]
     check_folder("--out", args.out, overwrite=args.overwrite, inputs=inputs)
+    if args.single_file:
+        from ..formats.single_file import check_single_file_path
+
+        check_single_file_path(args.single_file, overwrite=args.overwrite, flag="--single-file")
     loaded, plan = plan_from_args(args, lambda: load_unet(args.model))
+    if args.single_file:
+        from ..formats.single_file import check_plan_writable
+
+        check_plan_writable(loaded.unet, plan)
     result = apply_plan(loaded, plan, args.out, overwrite=args.overwrite)
     what = "pipeline" if result.is_pipeline else "U-Net"
     print(
@@ -45,6 +53,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"format: compact weights + plan; load with prune_lab.load_pruned('{result.out_dir}')")
     for consumer, (old, new) in result.rewired.items():
         print(f"skip rewired: {consumer} now receives {new} (was {old})")
+    if args.single_file:
+        from ..formats.single_file import write_single_file
+
+        path = write_single_file(result.out_dir, args.single_file, overwrite=args.overwrite)
+        print(f"single file: {path} (original LDM layout; from_single_file(..., config='{result.out_dir}'))")
     return 0
 
 
@@ -57,5 +70,10 @@ def register(subparsers) -> None:
     p.add_argument("--scores", help="scores.csv for the SDXL presets' layer choice")
     p.add_argument("--criterion", help="which criterion's scores to use when --scores merges several")
     p.add_argument("--out", required=True, type=out_path, help="output folder (DIR/unet, or a whole pipeline)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument(
+        "--single-file",
+        type=out_path,
+        help="also write the student pipeline as one original-layout (A1111 / ComfyUI) PATH.safetensors",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder (and --single-file)")
     p.set_defaults(func=cmd_apply)

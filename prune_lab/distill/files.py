@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from ..backbones import build_student, instantiate, resolve, walk
 from ..formats import PRUNED_MARKER, WEIGHTS_NAME, WIDTH_FORMAT, export_format, load_pruned
+from ..formats.card import CARD_NAME, read_card, write_card
 from ..plan import Plan, fingerprint
 from ..runtime.atomic import write_json
 from ..runtime.validate import read_json
@@ -134,10 +135,32 @@ def _write_unet(unet: nn.Module, bundle: StudentBundle, unet_dir: Path) -> None:
     shutil.copy2(bundle.folder / "unet" / PRUNED_MARKER, unet_dir / PRUNED_MARKER)
 
 
-def export_student(unet: nn.Module, bundle: StudentBundle, out_dir, teacher_root: Path | None = None) -> Path:
+def retraining_recipe(cfg, steps: int, data_size: int) -> dict:
+    """What a model card says about a distillation run (`cfg` a :class:`~prune_lab.distill.recipe.DistillConfig`)."""
+    return {
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "losses": {"task": cfg.lambda_task, "out": cfg.lambda_out, "feat": cfg.lambda_feat},
+        "feature_layers": cfg.feature_layers,
+        "mixed_precision": cfg.mixed_precision,
+        "ema": cfg.ema_decay if cfg.ema else None,
+        "resolution": cfg.resolution,
+        "random_init": cfg.random_init,
+        "data": str(cfg.data),
+        "data_size": data_size,
+    }
+
+
+def export_student(
+    unet: nn.Module, bundle: StudentBundle, out_dir, teacher_root: Path | None = None, retraining: dict | None = None
+) -> Path:
     """Write the trained student in the format `apply` wrote for `bundle`, into `out_dir`.
 
     The other pipeline parts come from the student folder (as `apply` copied them), else from a pipeline teacher.
+    The student folder's model card is carried over with the `retraining` recipe (:func:`retraining_recipe`) added.
     Everything is staged in a hidden folder and moved into place at the end.
     """
     out_dir = Path(out_dir)
@@ -151,6 +174,12 @@ def export_student(unet: nn.Module, bundle: StudentBundle, out_dir, teacher_root
     for part in _pipeline_parts(source) if source is not None else []:
         copy = shutil.copytree if (source / part).is_dir() else shutil.copy2
         copy(source / part, tmp / part)
+    facts = read_card(bundle.folder)
+    if facts is not None:
+        facts.retraining, facts.single_file = retraining, None  # a single file of the student holds its old weights
+        write_card(tmp, facts)
+    elif (bundle.folder / CARD_NAME).is_file():
+        shutil.copy2(bundle.folder / CARD_NAME, tmp / CARD_NAME)
     for entry in tmp.iterdir():
         target = out_dir / entry.name
         if target.is_dir():

@@ -51,6 +51,7 @@ from .files import (
     load_student,
     prune_checkpoints,
     record_checkpoint,
+    retraining_recipe,
 )
 from .losses import DistillationLoss
 from .projection import feature_projections
@@ -496,7 +497,8 @@ class DistillRecipe:
         path = None
         if acc.is_main_process:
             with self.ema_weights():
-                path = export_student(self.unwrapped, self.bundle, self.out, self.teacher_root)
+                recipe = retraining_recipe(self.cfg, self.progress.step, len(self.dataset))
+                path = export_student(self.unwrapped, self.bundle, self.out, self.teacher_root, recipe)
         acc.wait_for_everyone()
         return path
 

@@ -204,8 +204,13 @@ def write_export(
     pipeline_root: Path | None = None,
     subfolder: str = "unet",
     overwrite: bool = False,
+    teacher=None,
+    student=None,
+    source: str | None = None,
 ) -> Path:
-    """Write an export folder atomically: pipeline parts, `write_model(DIR/subfolder)`, plan.json, unit_map.json.
+    """Write an export folder atomically: pipeline parts, `write_model(DIR/subfolder)`, plan.json, unit_map.json,
+    and, given the `teacher` and `student` models (real or `meta`) and the teacher's `source`, the model card
+    `README.md` (:mod:`.card`).
 
     Raises:
         FileExistsError: `out_dir` exists and is not empty (and not `overwrite`).
@@ -218,6 +223,12 @@ def write_export(
         write_model(tmp / subfolder)
         plan.save(tmp / "plan.json")
         write_json(tmp / "unit_map.json", unit_map)
+        if teacher is not None and student is not None:
+            from .card import card_facts, write_card
+
+            marker = read_marker(tmp / subfolder)
+            fmt = None if marker is None else marker["format"]
+            write_card(tmp, card_facts(tmp, plan, teacher, student, source or plan.base.get("source", "?"), fmt))
     return out_dir
 
 

@@ -88,6 +88,9 @@ def apply_plan(
         subfolder=backbone.subfolder,
         overwrite=overwrite,
         pipeline_root=loaded.root if loaded.is_pipeline else None,
+        teacher=teacher,
+        student=compacted.student,
+        source=loaded.source,
     )
     res = compacted.resolution
     return ExportResult(

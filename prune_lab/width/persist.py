@@ -86,6 +86,9 @@ def save_width(
         pipeline_root=loaded.root if loaded.is_pipeline else None,
         subfolder=backbone.subfolder,
         overwrite=overwrite,
+        teacher=reference,
+        student=unet,
+        source=loaded.source,
     )
 
 
