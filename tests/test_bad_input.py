@@ -86,7 +86,7 @@ def test_bad_input(case, fx, tmp_path, capfd, monkeypatch):
         outcome = run_call(case.call, ctx, capfd, case.timeout)
     changes = {k: tree_diff(before[k], tree_hash(p)) for k, p in watched.items()}
     if case.verdict is not None:
-        problems = case.verdict(ctx, outcome, changes)
+        problems = [f"TIMEOUT after {case.timeout} s"] if outcome.timed_out else case.verdict(ctx, outcome, changes)
     else:
         standard = cli_problems if argv is not None else lib_problems
         problems = standard(case, ctx, outcome) + disk_problems(changes)
