@@ -84,7 +84,10 @@ def check_metric(name: str, options: dict) -> StudyMetric:
     Raises:
         ValueError: unknown metric, or a needed option unset (naming its flag).
     """
-    metric = get_metric(name)
+    try:
+        metric = get_metric(name)
+    except ValueError as e:
+        raise ValueError(f"--metric: {e}") from None
     for key in metric.needs:
         if not options.get(key):
             raise ValueError(f"--metric {name} needs --{key.replace('_', '-')}")

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .stats import paired_difference, permutation_test
 
-if TYPE_CHECKING:
-    from .run import Study
+#: Every function here takes the :class:`prune_lab.study.run.Study` of a finished run (``study``; not imported,
+#: since the run imports this module).
 
 
-def per_prompt(study: Study) -> dict[str, dict[str, list[float]]]:
+def per_prompt(study) -> dict[str, dict[str, list[float]]]:
     """Model key -> metric value (``metric:value``) -> per-prompt values (a one-element list for set metrics)."""
     return {key: json.loads(study.measured(key).read_text())["values"] for key in study.models()}
 
@@ -35,7 +34,7 @@ def model_table(values: dict[str, dict[str, list[float]]], costs: list[dict]) ->
     return pd.DataFrame(rows)
 
 
-def pairs(study: Study) -> list[tuple[str, str]]:
+def pairs(study) -> list[tuple[str, str]]:
     """The compared pairs ``(a, b)``: each arm against the teacher, against its student before retraining, and
     against the first arm."""
     keys = list(study.models())
@@ -55,7 +54,7 @@ def differences(values: dict[str, dict[str, list[float]]], compared: list[tuple[
     return pd.DataFrame(rows, columns=["value", "a", "b", "difference", "se", "n"])
 
 
-def importance_lost(study: Study) -> pd.DataFrame:
+def importance_lost(study) -> pd.DataFrame:
     """One row per arm and scored criterion: the importance its plan removes (sum over removed scored units) and
     its share of the criterion's total."""
     from ..backbones import walk
@@ -85,7 +84,7 @@ def importance_lost(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["arm", "criterion", "lost", "lost_pct"])
 
 
-def correlations(study: Study, table: pd.DataFrame, lost: pd.DataFrame, value: str) -> pd.DataFrame:
+def correlations(study, table: pd.DataFrame, lost: pd.DataFrame, value: str) -> pd.DataFrame:
     """Spearman's rho between importance lost and `value` after retraining, per criterion, with its permutation
     p-value, over the arms retrained like the first one (same init and objective: only the plan differs)."""
     first = study.arms[0]
@@ -99,7 +98,7 @@ def correlations(study: Study, table: pd.DataFrame, lost: pd.DataFrame, value: s
     return pd.DataFrame(rows, columns=["criterion", "value", "arms", "rho", "p", "n", "exact"])
 
 
-def losses(study: Study) -> dict[str, pd.DataFrame]:
+def losses(study) -> dict[str, pd.DataFrame]:
     """Each arm's retraining loss log (``losses.csv`` of the distill run; arms without one are left out)."""
     out = {}
     for arm in study.arms:
@@ -109,7 +108,7 @@ def losses(study: Study) -> dict[str, pd.DataFrame]:
     return out
 
 
-def collect(study: Study) -> dict:
+def collect(study) -> dict:
     """Everything the report shows, from the work folder of a finished study."""
     from dataclasses import asdict
 

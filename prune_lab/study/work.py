@@ -22,6 +22,7 @@ def check_settings(work: Path, settings: dict) -> None:
         ValueError: the folder's study differs (naming the first differing setting).
     """
     path = work / "config.json"
+    settings = json.loads(json.dumps(settings))  # as read back (tuples are lists)
     if path.is_file():
         held = json.loads(path.read_text())
         if held != settings:
