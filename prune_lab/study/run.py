@@ -108,7 +108,10 @@ class StudyConfig:
         from ..scoring import get_criterion
         from ..search import get_strategy
 
-        arms = self.parsed_arms()
+        try:
+            arms = self.parsed_arms()
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith("--") else f"--arms: {e}") from None
         for name in self.scored():
             get_criterion(name)
         for arm in arms:
