@@ -17,7 +17,8 @@ from .stats import paired_difference, permutation_test
 
 def per_prompt(study) -> dict[str, dict[str, list[float]]]:
     """Model key -> metric value (``metric:value``) -> per-prompt values (a one-element list for set metrics)."""
-    return {key: json.loads(study.measured(key).read_text())["values"] for key in study.models()}
+    records = {key: json.loads(study.measured(key).read_text())["values"] for key in study.models()}
+    return {key: {k: np.atleast_1d(v).tolist() for k, v in values.items()} for key, values in records.items()}
 
 
 def model_table(values: dict[str, dict[str, list[float]]], costs: list[dict]) -> pd.DataFrame:

@@ -285,7 +285,7 @@ class Study:
                 files, prompts, {**self.config.metric_options, "progress": self.progress}, self._cache
             )
             for value, result in get_metric(name).measure(inputs).items():
-                values[f"{name}:{value}"] = np.asarray(result, dtype=float).tolist()
+                values[f"{name}:{value}"] = np.atleast_1d(np.asarray(result, dtype=float)).tolist()
         return {"model": key, "folder": str(folder), "values": values}
 
     def _costs(self) -> dict:
