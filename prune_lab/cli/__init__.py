@@ -27,6 +27,7 @@ COMMANDS = (
     "prune_lab.cli.width",
     "prune_lab.cli.demo",
     "prune_lab.cli.demo_run",
+    "prune_lab.cli.study",
 )
 #: Exceptions that are validated user errors: one line on stderr, exit code 2.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)

@@ -143,6 +143,21 @@ flag_cases(
     **DEMO,
 )
 flag_cases("demo-study", C.DEMO_STUDY, {"--steps": ("0",), "--lr": ("nan",), "--data-n": ("0",), "-n": ("0",)}, **DEMO)
+flag_cases(
+    "study",
+    C.STUDY,
+    {
+        "--steps": ("0",),
+        "--lr": ("nan",),
+        "--jobs": ("0",),
+        "--latency-runs": ("-1",),
+        "--seed": ("-1",),
+        "--arms": ("bogus:x", "kd:task", "criterion:magnitude@params=2"),
+        "--base": ("kd:task",),
+        "--metric": ("bogus",),
+    },
+    **DEMO,
+)
 flag_cases("demo-train", C.DEMO_TRAIN, {"--threads": ("0",), "--vae-steps": ("-1",)}, **DEMO)
 
 # score CSVs a numeric column of which is bad: every reader of scores

@@ -216,3 +216,34 @@ def _number(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+STUDY = (
+    "study",
+    "--model",
+    "demo",
+    "--data",
+    "{data}",
+    "--prompts",
+    "{prompts_csv}",
+    "--arms",
+    "preset:bk-small",
+    "--out",
+    "{tmp}/study",
+    "--work",
+    "{tmp}/study-work",
+    "--steps",
+    "1",
+    "--batch-size",
+    "2",
+    "--resolution",
+    "32",
+    "--no-flip",
+    "--sample-steps",
+    "1",
+    "--metric",
+    "demo-accuracy",
+    "--latency-runs",
+    "0",
+    "--quiet",
+)
