@@ -103,10 +103,14 @@ def _without_safety_checker(config: dict) -> dict:
 
 
 def _pruned_unet(folder: Path):
-    """The rebuilt U-Net of a prune_lab export's `unet/` in the compact format, else None."""
+    """The rebuilt model of a prune_lab export's `unet/` (or `transformer/`) in the compact format, else None."""
+    from .backbones import BACKBONES
     from .formats import PRUNED_MARKER, load_pruned
 
-    return load_pruned(folder) if (folder / "unet" / PRUNED_MARKER).exists() else None
+    for sub in dict.fromkeys(b.subfolder for _, b in BACKBONES.items()):
+        if (folder / sub / PRUNED_MARKER).exists():
+            return load_pruned(folder / sub)
+    return None
 
 
 def _source(model, dtype) -> tuple:
@@ -158,7 +162,9 @@ def load_pipeline(
     config = pipeline_config(folder)
     kwargs = {"torch_dtype": dtype, **({} if safety_checker else _without_safety_checker(config))}
     if unet is not None:
-        kwargs["unet"] = unet.to(dtype)
+        from .backbones import backbone_for
+
+        kwargs[backbone_for(unet).subfolder] = unet.to(dtype)
     pipe = from_pretrained(DiffusionPipeline, folder, **kwargs)
     if sampler is not None:
         pipe.scheduler = build_sampler(sampler, pipe.scheduler.config)
