@@ -132,7 +132,7 @@ class ProgressiveConfig:
         """The settings as JSON (what a resumed run must match)."""
         data = asdict(self)
         data["calibration"] = {k: None if v is None else str(v) for k, v in asdict(self.calibration).items()}
-        data.pop("progress")
+        data.pop("progress"), data.pop("out")  # the folder itself may move
         return json_safe(data)
 
 
