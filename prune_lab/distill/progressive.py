@@ -120,7 +120,10 @@ class ProgressiveConfig:
         """Raise ValueError naming the first bad setting (before any model loads)."""
         self.budget()
         fractions(0.5, self.rounds, self.schedule)
-        get_strategy(self.strategy)
+        try:
+            get_strategy(self.strategy)
+        except ValueError as e:
+            raise ValueError(f"--strategy {self.strategy}: {e}") from None
         if self.steps_per_round < 1:
             raise ValueError(f"--steps-per-round must be >= 1, got {self.steps_per_round}")
         cfg = self.distill_config(Path("student"), Path(self.out))
