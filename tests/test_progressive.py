@@ -182,6 +182,7 @@ def test_progressive_killed_then_rerun_equals_uninterrupted(reference, demo_data
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # it reuses the reference run
 def test_progressive_refuses_other_settings_on_resume(reference, demo_data, tmp_path, capsys):
     import shutil
 
