@@ -24,6 +24,7 @@ COMMANDS = (
     "prune_lab.cli.report",
     "prune_lab.cli.evaluate",
     "prune_lab.cli.distill",
+    "prune_lab.cli.progressive",
     "prune_lab.cli.width",
     "prune_lab.cli.demo",
     "prune_lab.cli.demo_run",

@@ -119,6 +119,25 @@ DISTILL = (
     "{tmp}/d",
     *DISTILL_TINY,
 )
+PROGRESSIVE = (
+    "progressive",
+    "--model",
+    "demo",
+    "--data",
+    "{data}",
+    "--target",
+    "params=0.8",
+    "--rounds",
+    "1",
+    "--criterion",
+    "magnitude",
+    "--steps-per-round",
+    "1",
+    "--out",
+    "{tmp}/p",
+    *DISTILL_TINY[2:-1],  # no --max-steps (--steps-per-round)
+    "1",  # --checkpoint-every: progressive resumes a round from its checkpoints
+)
 WIDTH = ("width", "--model", "demo", "--out", "{tmp}/w", "--quiet")
 WIDTH_TAYLOR = (
     *WIDTH,
