@@ -254,11 +254,16 @@ class Study:
             "--steps-per-round", str(r.steps // p.rounds), "--out", str(out), "--batch-size", str(r.batch_size),
             "--lr", str(r.lr), "--lambda-task", str(weights["lambda_task"]), "--lambda-out",
             str(weights["lambda_out"]), "--lambda-feat", str(weights["lambda_feat"]), "--feature-layers",
-            r.feature_layers, "--seed", str(r.seed), "--resolution", str(r.resolution),
+            r.feature_layers, "--seed", str(r.seed), "--resolution", str(r.resolution), "--grad-accum",
+            str(r.grad_accum), "--checkpoint-every", str(max(r.checkpoint_every, 1)), "--num-workers", "0",
+            "--calib-dir", str(self.config.data), "--calib-samples", str(self.config.calib_samples),
+            "--calib-batch-size", "4",
         ]  # fmt: skip
-        if extra:
-            command += ["--feature-loss", "normalized"]
-        done = subprocess.run(command, capture_output=not self.progress, text=True)
+        command += ["--no-flip"] if not r.flip else []
+        command += ["--feature-loss", "normalized"] if extra else []
+        command += ["--strategy", p.strategy] if p.strategy else []
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(torch_threads())} if torch_threads() else {})}
+        done = subprocess.run(command, capture_output=not self.progress, text=True, env=env)
         if done.returncode != 0:
             raise ValueError(
                 f"arm {arm.name!r}: `{' '.join(command[2:])}` failed (exit {done.returncode}): "
@@ -374,15 +379,15 @@ def _file_key(key: str) -> str:
     return _slug(key)
 
 
-#: Where `prunelab progressive --out DIR` may leave its final export (the first that holds a plan.json).
-PROGRESSIVE_EXPORTS = ("final", "student", "export", ".")
-
-
 def _progressive_export(out: Path) -> Path:
-    for name in PROGRESSIVE_EXPORTS:
-        if (out / name / "plan.json").is_file():
-            return (out / name).resolve() if name == "." else out / name
-    return out / PROGRESSIVE_EXPORTS[0]
+    """Where `prunelab progressive --out DIR` writes its final export (the `apply` layout)."""
+    return out / "student"
+
+
+def torch_threads() -> int | None:
+    """The torch CPU threads of this process when torch is loaded (so a child process can be given as many)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
 
 
 def _worker(config: StudyConfig, work: str, threads: int | None) -> None:
