@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .check import add_check_args, run_and_print
 from .common import PRESET_HELP, add_model_arg, check_folder, model_inputs, out_path
 
 
@@ -30,6 +31,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from ..formats.block import apply_plan
     from ..models import load_unet
 
+    if args.only and not args.check:
+        raise ValueError("--only picks the checks of --check; add --check")
+    if args.check:
+        from ..compat.checks import selected
+
+        selected(args.only)  # an unknown check name is refused before the export
     inputs = [*model_inputs(args.model), args.keep, args.scores]
     check_folder("--out", args.out, overwrite=args.overwrite, inputs=inputs)
     loaded, plan = plan_from_args(args, lambda: load_unet(args.model))
@@ -45,7 +52,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"format: compact weights + plan; load with prune_lab.load_pruned('{result.out_dir}')")
     for consumer, (old, new) in result.rewired.items():
         print(f"skip rewired: {consumer} now receives {new} (was {old})")
-    return 0
+    return run_and_print(result.out_dir, args.only, "table") if args.check else 0
 
 
 def register(subparsers) -> None:
@@ -58,4 +65,10 @@ def register(subparsers) -> None:
     p.add_argument("--criterion", help="which criterion's scores to use when --scores merges several")
     p.add_argument("--out", required=True, type=out_path, help="output folder (DIR/unet, or a whole pipeline)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="then run `prunelab check` on the export (exit code 1 when a check fails; the export is kept)",
+    )
+    add_check_args(p)
     p.set_defaults(func=cmd_apply)
