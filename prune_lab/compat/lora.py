@@ -15,6 +15,8 @@ from .export import Export, forward, pipeline_call, same, unet_inputs
 #: The attention projections diffusers' LoRA scripts adapt.
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 RANK = 4
+#: The LoRA file (safetensors: never a pickle).
+WEIGHTS = "pytorch_lora_weights.safetensors"
 STEPS = 3
 
 
@@ -72,9 +74,9 @@ def lora(export: Export, tmp: Path) -> None:
     add_lora(pipe.unet)
     train_lora(pipe.unet)
     inputs = unet_inputs(pipe.unet)
-    type(pipe).save_lora_weights(tmp, unet_lora_layers=lora_layers(pipe.unet), safe_serialization=True)
+    type(pipe).save_lora_weights(tmp, unet_lora_layers=lora_layers(pipe.unet), weight_name=WEIGHTS)
     fresh = export.pipeline()
-    fresh.load_lora_weights(tmp)
+    fresh.load_lora_weights(tmp, weight_name=WEIGHTS)
     same(
         forward(fresh.unet, inputs), forward(pipe.unet, inputs), "the reloaded LoRA against the trained one", atol=1e-5
     )
@@ -90,8 +92,8 @@ def lora_unet_only(export: Export, tmp: Path) -> None:
     unet = load_pruned(export.folder)
     add_lora(unet)
     train_lora(unet)
-    unet.save_lora_adapter(tmp)
+    unet.save_lora_adapter(tmp, weight_name=WEIGHTS)
     fresh = load_pruned(export.folder)
-    fresh.load_lora_adapter(tmp, prefix=None)
+    fresh.load_lora_adapter(tmp, weight_name=WEIGHTS, prefix=None)
     inputs = unet_inputs(unet)
     same(forward(fresh, inputs), forward(unet, inputs), "the reloaded LoRA against the trained one", atol=1e-5)
