@@ -185,7 +185,8 @@ def build_tiny_pipeline(unet_config: dict = TINY_SD, seed: int = 0):
 
 
 def build_tiny_sdxl_pipeline(seed: int = 0):
-    """A complete tiny SDXL pipeline: two text encoders (16 + 16 = cross_attention_dim 32), pooled projection 32."""
+    """A complete tiny SDXL pipeline: two text encoders of different widths, as SDXL's are (12 + 20 =
+    cross_attention_dim 32; diffusers' single-file loader tells them apart by width), pooled projection 32."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -193,8 +194,8 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
     torch.manual_seed(seed)
     return StableDiffusionXLPipeline(
         vae=tiny_vae(),
-        text_encoder=CLIPTextModel(tiny_text_config(tokenizer, 16)),
-        text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(tokenizer, 16, projection_dim=32)),
+        text_encoder=CLIPTextModel(tiny_text_config(tokenizer, 12)),
+        text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(tokenizer, 20, projection_dim=32)),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=tiny_unet(TINY_SDXL, seed),

@@ -19,6 +19,7 @@ import sys
 COMMANDS = (
     "prune_lab.cli.structure",
     "prune_lab.cli.apply",
+    "prune_lab.cli.check",
     "prune_lab.cli.plan",
     "prune_lab.cli.score",
     "prune_lab.cli.report",
