@@ -14,7 +14,8 @@ from .common import MODEL_HELP, check_folder, out_path
 EPILOG = f"""arm specs: {GRAMMAR}.
   preset:NAME                       a published architecture (`prunelab presets`)
   criterion:C@params=X[,strategy=S] the plan search of `prunelab plan --target params=X` on C's scores
-  progressive:C@params=X,rounds=K   `prunelab progressive`, its K rounds sharing --steps
+  progressive:C@params=X,rounds=K[,strategy=S]
+                                    `prunelab progressive`, its K rounds sharing --steps
   init:random                       do not start the student from the teacher's weights
   kd:task | kd:task+out | kd:task+out+feat | kd:norm-feat (= task+out+norm-feat)
                                     the objective (listed losses weighted 1); default: --lambda-* flags

@@ -29,7 +29,8 @@ LOSSES = ("task", "out", "feat", "norm-feat")
 #: What the arm grammar looks like, for messages and `--help`.
 GRAMMAR = (
     "TERM[/TERM...] with TERM one of preset:NAME, criterion:C@params=X[,strategy=S], "
-    "progressive:C@params=X,rounds=K, init:teacher|random, kd:task[+out][+feat|+norm-feat] or kd:norm-feat"
+    "progressive:C@params=X,rounds=K[,strategy=S], init:teacher|random, "
+    "kd:task[+out][+feat|+norm-feat] or kd:norm-feat"
 )
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -140,17 +141,17 @@ def _plan_term(spec: str, kind: str, value: str) -> PlanSpec:
         if not _NAME.match(value):
             raise _fail(spec, f"preset {value!r} is not a name")
         return PlanSpec("preset", value)
-    allowed = ("strategy",) if kind == "criterion" else ("rounds",)
+    allowed = ("strategy",) if kind == "criterion" else ("rounds", "strategy")
     name, options = _options(spec, value, allowed)
+    strategy = options.get("strategy")
+    if strategy is not None and not _NAME.match(strategy):
+        raise _fail(spec, f"strategy {strategy!r} is not a name")
     if kind == "criterion":
-        strategy = options.get("strategy")
-        if strategy is not None and not _NAME.match(strategy):
-            raise _fail(spec, f"strategy {strategy!r} is not a name")
         return PlanSpec("criterion", name, options["budget"], strategy=strategy)
     rounds = options.get("rounds", "")
     if not rounds.isdigit() or int(rounds) < 1:
         raise _fail(spec, f"progressive needs rounds=K with K >= 1, got {rounds or 'none'!r}")
-    return PlanSpec("progressive", name, options["budget"], rounds=int(rounds))
+    return PlanSpec("progressive", name, options["budget"], rounds=int(rounds), strategy=strategy)
 
 
 def _losses(spec: str, value: str) -> tuple[str, ...]:
