@@ -29,7 +29,7 @@ from .importance import importance_from_scores
 from .latency import unit_latency
 from .moves import candidate_moves, protected_atoms
 from .problem import Problem
-from .strategies import Step, get_strategy, list_strategies
+from .strategies import DEFAULT_STRATEGY, Step, get_strategy, list_strategies
 
 
 def build_problem(
@@ -162,18 +162,20 @@ def _infeasible(problem: Problem, budget: Budget, strategy: str, closest: dict |
     )
 
 
-def search(problem: Problem, budget: Budget, strategy: str = "greedy") -> SearchResult:
+def search(problem: Problem, budget: Budget, strategy: str = DEFAULT_STRATEGY) -> SearchResult:
     """The plan `strategy` finds for `budget`.
 
     Raises:
         ValueError: an unknown strategy, a resource the problem has no costs for (latency without timings), or an
             infeasible budget (naming the closest amount the search reaches).
     """
-    run = get_strategy(strategy).run
+    chosen = get_strategy(strategy)
     if budget.resource not in problem.costs.base:
         raise ValueError(f"--target {budget.text}: {budget.resource} needs timings; build the problem with latency")
     limit = budget.limit(problem.costs.base[budget.resource])
-    path = run(problem, budget.resource) if problem.costs.base[budget.resource] > limit else []
+    if chosen.solve is not None and problem.costs.base[budget.resource] > limit:
+        return _solved(problem, budget, limit, strategy, chosen.solve)
+    path = chosen.run(problem, budget.resource) if problem.costs.base[budget.resource] > limit else []
     states, exact = _states(path), _Exact(problem)
     k = _shortest_prefix(problem, states, budget.resource, limit, exact)
     if k is None:
@@ -186,12 +188,24 @@ def search(problem: Problem, budget: Budget, strategy: str = "greedy") -> Search
     return _result(problem, budget, limit, strategy, removed, moves, exact(removed))
 
 
+def _solved(problem: Problem, budget: Budget, limit: float, strategy: str, solve) -> SearchResult:
+    """The plan a budget-aware strategy solves for (its exact costs counted by the reporter, as for paths)."""
+    exact = _Exact(problem)
+    solution = solve(problem, budget.resource, limit, exact)
+    if not solution.feasible:
+        raise _infeasible(problem, budget, strategy, exact(solution.removed) if solution.removed else None)
+    moves = [m.name for m in solution.moves]
+    return _result(problem, budget, limit, strategy, solution.removed, moves, exact(solution.removed), solution.info)
+
+
 def _number(resource: str, value: float) -> int | float:
     """Counts as integers, timings in milliseconds to the microsecond."""
     return int(value) if resource in PROFILED else round(value, 3)
 
 
-def _result(problem: Problem, budget: Budget, limit: float, strategy: str, removed, moves, costs) -> SearchResult:
+def _result(
+    problem: Problem, budget: Budget, limit: float, strategy: str, removed, moves, costs, solver: dict | None = None
+) -> SearchResult:
     graph, importance = problem.graph, problem.importance
     ordered = sorted(removed, key=lambda a: graph[a].order)
     predicted = {r: _number(r, costs[r]) for r in problem.costs.base}
@@ -206,6 +220,7 @@ def _result(problem: Problem, budget: Budget, limit: float, strategy: str, remov
             "latent": problem.latent,
             "expressible_only": problem.expressible,
             "protected": sorted(problem.protected),
+            **({"solver": solver} if solver else {}),
         },
         "base": {r: _number(r, v) for r, v in problem.costs.base.items()},
         "predicted": predicted,
