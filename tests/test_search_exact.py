@@ -15,13 +15,14 @@ import random
 import pandas as pd
 import pytest
 from conftest import TINY_SD, tiny_ldm_unet, tiny_unet
+from test_architecture import import_graph
 
 from prune_lab.backbones import backbone_of, walk
 from prune_lab.backbones.base import Backbone
 from prune_lab.cli import main
 from prune_lab.models import load_unet
 from prune_lab.scoring import read_scores
-from prune_lab.search import build_problem, get_strategy, list_strategies, parse_budget, search
+from prune_lab.search import build_problem, get_strategy, list_strategies, pareto_front, parse_budget, search
 from prune_lab.search import exact as exact_module
 
 BUDGET_SHARES = (0.95, 0.85, 0.7, 0.55, 0.4, 0.25)
@@ -147,9 +148,26 @@ def test_constraints_accept_every_buildable_set(request, case):
         assert form.program.solve({}, fixed).status == 0, sorted(state)
 
 
+def test_one_program_for_many_limits_matches_brute_force(ldm):
+    """Solving many limits with one program (cuts kept, floors from looser limits) loses nothing: each plan is the
+    brute-force optimum of its limit, in the order asked; below the cheapest plan, the cheapest, infeasible."""
+    unions = admissible_unions(ldm)
+    cheapest = min(cost for _, cost in unions.values())
+    limits = [*_limits(ldm, unions), 0.5 * cheapest]
+    random.Random(1).shuffle(limits)
+    solutions = exact_module.solve(ldm, "params", limits, ldm.costs.estimate)
+    for limit, solution in zip(limits, solutions):
+        lost, cost = unions[solution.removed]
+        if limit < cheapest:
+            assert not solution.feasible and cost == cheapest
+            continue
+        assert solution.feasible and cost <= limit
+        assert math.isclose(lost, brute_force(unions, limit), rel_tol=1e-9, abs_tol=1e-9)
+
+
 def test_infeasible_sets_are_cut_and_counted(ldm, monkeypatch):
     without_constraints(monkeypatch, ldm)
-    solution = exact_module.solve(ldm, "params", 0.4 * ldm.costs.base["params"], lambda s: ldm.costs.estimate(s))
+    [solution] = exact_module.solve(ldm, "params", [0.4 * ldm.costs.base["params"]], ldm.costs.estimate)
     assert solution.feasible and solution.info["cuts"] > 0 and solution.info["solves"] == solution.info["cuts"] + 1
 
 
@@ -181,6 +199,7 @@ def test_exact_uses_the_budget_greedy_overshoots(sd):
     assert better
 
 
+@pytest.mark.slow
 def test_sdxl_layout(sdxl_unet):
     """SDXL's layout (3 levels, transformer depths 1/2/10, no attention at level 0) at block and layer scores."""
     graph = walk(sdxl_unet)
@@ -192,6 +211,7 @@ def test_sdxl_layout(sdxl_unet):
             assert exact.importance_lost <= greedy.importance_lost + 1e-9
 
 
+@pytest.mark.slow
 def test_front_dominates_greedy_and_is_strict(sd):
     front = get_strategy("exact").run(sd, "params")
     costs = [s.estimate["params"] for s in front]
@@ -202,18 +222,44 @@ def test_front_dominates_greedy_and_is_strict(sd):
         assert best <= step.importance_lost + 1e-9
 
 
+def test_pareto_front_compares_exact_at_every_other_plans_cost(sd):
+    """`pareto_front` solves exact at every greedy / topk / preset cost: at each it loses no more."""
+    df = pareto_front(sd, "params", exact=False)
+    exact_rows = df[df["source"].str.contains("exact")]
+    assert len(exact_rows) > 1
+    for _, row in df[~df["source"].str.contains("exact")].iterrows():
+        if row["removed_count"] == 0 or (row["source"].startswith("preset:") and row["unscored"]):
+            continue  # the unpruned model; presets removing what the scores do not cover are not comparable
+        best = exact_rows[exact_rows["params"] <= row["params"]]["importance_lost"].min()
+        assert best <= row["importance_lost"] + 1e-9, row["source"]
+
+
+def test_search_speaks_only_of_the_backbone_interface():
+    """No module of `prune_lab.search` imports a backbone family's modules (ARCHITECTURE.md: capabilities call the
+    backbone interface); the U-Net's rows reach the solver through `Backbone.plan_constraints`."""
+    graph = import_graph()
+    family = [
+        f"{m} -> {t}"
+        for m, targets in graph.items()
+        if m.startswith("prune_lab.search")
+        for t in targets
+        if t.startswith("prune_lab.backbones.") and t != "prune_lab.backbones.base"
+    ]
+    assert family == []
+
+
 # ------------------------------------------------------------------------------------------- counting, errors
 def test_reporter_gap_is_re_solved_with_a_margin(sd):
     """When the count exceeds the model's prediction, the bound is tightened by the gap and the program re-solved."""
     limit = 0.6 * sd.costs.base["params"]
-    first = exact_module.solve(sd, "params", limit, lambda s: sd.costs.estimate(s))
+    [first] = exact_module.solve(sd, "params", [limit], sd.costs.estimate)
     gap = limit - sd.costs.estimate(first.removed)["params"] + 1.0
 
     def count(removed):  # the first plan counts over the limit, the others as predicted
         extra = gap if removed == first.removed else 0.0
         return {"params": sd.costs.estimate(removed)["params"] + extra}
 
-    second = exact_module.solve(sd, "params", limit, count)
+    [second] = exact_module.solve(sd, "params", [limit], count)
     assert second.removed != first.removed and second.info["recounts"] == 1
     assert sd.costs.estimate(second.removed)["params"] <= limit - second.info["margin"]
 

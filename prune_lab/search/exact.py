@@ -41,7 +41,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -329,10 +329,13 @@ def _explain(form: _Formulation, removed: frozenset[str]) -> frozenset[str] | No
     return None
 
 
-def _find(form: _Formulation, objective: Linear, bound: float | None) -> frozenset[str] | None:
+def _find(
+    form: _Formulation, objective: Linear, bound: float | None, floor: float | None = None
+) -> frozenset[str] | None:
     """The admissible removal minimising `objective` whose predicted cost is at most `bound` (None: any), or None.
 
     Lazy constraint generation: solve, check the set (:func:`_admissible`), cut it off (:func:`_explain`) if not.
+    `floor`: a value `objective` cannot go below at the optimum (stated as a row, it tightens HiGHS's relaxation).
     """
     problem, resource = form.problem, form.resource
     base = problem.costs.base[resource]
@@ -341,6 +344,8 @@ def _find(form: _Formulation, objective: Linear, bound: float | None) -> frozens
         if bound is not None:
             extra += [_no_good(form.x, s) for s, cost in form.over if cost > bound]
             extra.append((form.saved, (base - bound) / base, math.inf))
+        if floor is not None:
+            extra.append((objective, floor - 1e-9 * max(1.0, abs(floor)), math.inf))
         start = time.perf_counter()
         result = form.program.solve(objective, extra)
         form.solves, form.seconds = form.solves + 1, form.seconds + time.perf_counter() - start
@@ -359,35 +364,52 @@ def _find(form: _Formulation, objective: Linear, bound: float | None) -> frozens
     raise ValueError(f"exact search: {MAX_CUTS} invalid plans cut and still none valid; use --strategy greedy")
 
 
-def _info(form: _Formulation, **more) -> dict:
-    """Solver statistics for the plan's `meta` (`seconds`: in HiGHS, not building the program or counting)."""
+def _info(form: _Formulation, since: float, **more) -> dict:
+    """Solver statistics for the plan's `meta` (`seconds`: in HiGHS since `since`, not building the program or
+    counting; `cuts`: every cut the program holds)."""
     return {
         "solver": "HiGHS (scipy.optimize.milp)",
-        "solves": form.solves,
         "cuts": len(form.cuts),
-        "seconds": round(form.seconds, 3),
+        "seconds": round(form.seconds - since, 3),
         **more,
     }
 
 
-def solve(problem: Problem, resource: str, limit: float, count: Callable[[frozenset[str]], dict]) -> Solution:
-    """The plan losing the least importance whose reporter count `count(removed)[resource]` is at most `limit`.
+def solve(
+    problem: Problem, resource: str, limits: Sequence[float], count: Callable[[frozenset[str]], dict]
+) -> list[Solution]:
+    """For each limit, the plan losing the least importance whose reporter count `count(removed)[resource]` is at
+    most it: one program for all of them, its cuts kept, and the least importance lost under a looser bound stated
+    as a floor (it cannot lose less under a tighter one).
 
     When the count exceeds the model's prediction, the program is re-solved with the bound lowered by that gap (at
-    most :data:`MAX_RECOUNTS` times). Infeasible budgets return the cheapest valid plan, `feasible` False.
+    most :data:`MAX_RECOUNTS` times). An infeasible limit gets the cheapest valid plan, `feasible` False.
     """
-    margin = 0.0
     form = _Formulation.build(problem, resource)
+    solved: list[tuple[float, float]] = []  # (predicted bound, least importance lost under it)
+    out: dict[float, Solution] = {}
+    for limit in sorted(set(limits), reverse=True):
+        infeasible = next((s for s in out.values() if not s.feasible), None)  # so is every tighter limit
+        out[limit] = infeasible or _solve_one(form, limit, count, solved)
+    return [out[limit] for limit in limits]
+
+
+def _solve_one(form: _Formulation, limit: float, count, solved: list[tuple[float, float]]) -> Solution:
+    problem, resource, margin = form.problem, form.resource, 0.0
+    solves, seconds = form.solves, form.seconds
     for recounts in range(MAX_RECOUNTS):
-        found = _find(form, form.importance, limit - margin)
+        bound = limit - margin
+        floor = max((lost for b, lost in solved if b >= bound), default=None)
+        found = _find(form, form.importance, bound, floor)
+        info = {"recounts": recounts, "margin": margin, "solves": form.solves - solves}
         if found is None:
             lowest = _find(form, {i: -a for i, a in form.saved.items()}, None)
-            info = _info(form, recounts=recounts, margin=margin)
-            return Solution(lowest, _moves_of(problem, lowest), False, info)
+            return Solution(lowest, _moves_of(problem, lowest), False, _info(form, seconds, **info))
+        solved.append((bound, problem.importance.lost(found)))
         counted = count(found)[resource]
         if counted <= limit:
-            info = _info(form, recounts=recounts, margin=margin)
-            return Solution(found, _moves_of(problem, found), True, info)
+            info["solves"] = form.solves - solves
+            return Solution(found, _moves_of(problem, found), True, _info(form, seconds, **info))
         margin = counted - problem.costs.estimate(found)[resource]
     raise ValueError(f"exact search: the reporter still exceeds {limit:g} after {MAX_RECOUNTS} re-solves")
 
@@ -412,12 +434,12 @@ def exact_front(problem: Problem, resource: str) -> list[Step]:
     form = _Formulation.build(problem, resource)
     step = 1e-6 * problem.costs.base[resource]
     path: list[Step] = []
-    bound = problem.costs.base[resource] - step
-    while (found := _find(form, form.importance, bound)) is not None:
+    bound, floor = problem.costs.base[resource] - step, None
+    while (found := _find(form, form.importance, bound, floor)) is not None:
         point = _step(problem, found)
         if path and math.isclose(point.importance_lost, path[-1].importance_lost, rel_tol=1e-9, abs_tol=1e-12):
             path[-1] = point
         else:
             path.append(point)
-        bound = point.estimate[resource] - step
+        bound, floor = point.estimate[resource] - step, point.importance_lost
     return path

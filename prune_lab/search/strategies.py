@@ -13,13 +13,14 @@ the prefixes of every strategy.
   not admissible at its turn (passes repeat, in ranking order, until nothing more can go).
 * `exact` — the plan that loses the least importance under the budget, solved as an integer program
   (:mod:`prune_lab.search.exact`). A strategy that can solve for a budget directly registers a `solve`
-  (:class:`Solution`); its path is then its front: the best plan under ever lower bounds, not nested.
+  (:class:`Solution`); its path is then its front: the best plan under ever lower bounds, not nested, and the
+  Pareto front (:func:`~prune_lab.search.search.pareto_front`) asks it for the best plan at the other plans' costs.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..units import Move
@@ -61,8 +62,9 @@ class Solution:
 
 
 Run = Callable[[Problem, str], list[Step]]
-#: `solve(problem, resource, limit, count)`: the plan for `limit`, where `count(removed)` gives the exact costs.
-Solve = Callable[[Problem, str, float, Callable[[frozenset[str]], dict]], Solution]
+#: `solve(problem, resource, limits, count)`: the plan for each of `limits`, where `count(removed)` gives the exact
+#: costs (one call for many limits lets the strategy reuse its work across them).
+Solve = Callable[[Problem, str, Sequence[float], Callable[[frozenset[str]], dict]], list[Solution]]
 
 
 @dataclass(frozen=True)
