@@ -224,14 +224,18 @@ def test_front_dominates_greedy_and_is_strict(sd):
 
 def test_pareto_front_compares_exact_at_every_other_plans_cost(sd):
     """`pareto_front` solves exact at every greedy / topk / preset cost: at each it loses no more."""
-    df = pareto_front(sd, "params", exact=False)
+    assert_exact_dominates(pareto_front(sd, "params", exact=False), "params")
+
+
+def assert_exact_dominates(df: pd.DataFrame, resource: str) -> None:
+    """At the cost of every other plan of a front table, some exact plan costs no more and loses no more."""
     exact_rows = df[df["source"].str.contains("exact")]
     assert len(exact_rows) > 1
     for _, row in df[~df["source"].str.contains("exact")].iterrows():
         if row["removed_count"] == 0 or (row["source"].startswith("preset:") and row["unscored"]):
             continue  # the unpruned model; presets removing what the scores do not cover are not comparable
-        best = exact_rows[exact_rows["params"] <= row["params"]]["importance_lost"].min()
-        assert best <= row["importance_lost"] + 1e-9, row["source"]
+        best = exact_rows[exact_rows[resource] <= row[resource]]["importance_lost"].min()
+        assert best <= row["importance_lost"] + 1e-9, (row["source"], row[resource])
 
 
 def test_search_speaks_only_of_the_backbone_interface():
@@ -297,7 +301,8 @@ def test_program_solves_with_highs():
 # ------------------------------------------------------------------------------------------------ full size
 @pytest.mark.slow
 def test_sd_v1_magnitude_uses_the_budget(tmp_path):
-    """The README's measurement: sd-v1 with seeded random weights, magnitude scores of its blocks."""
+    """The README's measurement: sd-v1 with seeded random weights, magnitude scores of its blocks; exact never loses
+    more than greedy, uses the budget at params=0.56, and at every budget of `--pareto` loses no more."""
     scores = tmp_path / "scores.csv"
     assert main(["score", "--model", "sd-v1", "--criterion", "magnitude", "--quiet", "-o", str(scores)]) == 0
     problem = build_problem(load_unet("sd-v1", meta=True).unet, read_scores(scores), source="sd-v1")
@@ -308,3 +313,4 @@ def test_sd_v1_magnitude_uses_the_budget(tmp_path):
         assert exact.plan.meta["search"]["solver"]["seconds"] < 30
     kept = search(problem, parse_budget("params=0.56"), "exact").predicted["params"]
     assert 0.54 <= kept / problem.costs.base["params"] <= 0.56
+    assert_exact_dominates(pareto_front(problem, "params"), "params")  # counted by the reporter, as --pareto does
