@@ -258,6 +258,6 @@ def test_cli_target_then_apply_and_pareto(capsys, tmp_path, tiny_unet_dir, graph
     code = main([*base, "--pareto", "--predicted", "-o", str(tmp_path / "front.csv")])
     front = pd.read_csv(tmp_path / "front.csv")
     assert code == 0 and (tmp_path / "front.png").stat().st_size > 0 and front["on_front"].any()
-    code = main([*base, "--target", "params=0.01", "-o", str(tmp_path / "none.json")])
+    code = main([*base, "--target", "params=0.005", "-o", str(tmp_path / "none.json")])
     err = capsys.readouterr().err
     assert code == 2 and "infeasible" in err and "closest" in err and not (tmp_path / "none.json").exists()

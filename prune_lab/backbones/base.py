@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..runtime.registry import Registry
 from ..units import Graph
@@ -79,6 +79,24 @@ class UnitCosts:
     groups: list[tuple[int, frozenset[str]]]
     extra: dict[int, float]
     grows: frozenset[str] = frozenset()
+
+
+class LinearRows(Protocol):
+    """Where :meth:`Backbone.plan_constraints` states its rows: a mixed-integer program over binary variables
+    (:class:`prune_lab.search.exact` builds one). Variables are column indices; a row is `lower <= sum(coefs) <=
+    upper`."""
+
+    def var(self, *, integral: bool = False, upper: float = 1.0) -> int:
+        """A new variable in `[0, upper]` (binary when `integral` and `upper` is 1)."""
+        ...
+
+    def row(self, coefs: dict[int, float], lower: float = ..., upper: float = ...) -> None:
+        """The row `lower <= sum_i coefs[i] * v_i <= upper` (an omitted side is unbounded)."""
+        ...
+
+    def both(self, literals: list[tuple[int, bool]]) -> int:
+        """A variable equal to the AND of `literals` ((variable, negated) pairs) whenever they are binary."""
+        ...
 
 
 class Backbone:
@@ -180,6 +198,21 @@ class Backbone:
         """Whether removing `removed` (atoms) as `plan` does leaves a student the export can build (and, with
         `expressible`, one with a plain diffusers config)."""
         raise NotImplementedError
+
+    def plan_constraints(
+        self, graph: Graph, program: LinearRows, removed: Mapping[str, int], *, expressible: bool = False
+    ) -> None:
+        """State, as linear rows of `program`, conditions every :meth:`buildable` removal satisfies.
+
+        `removed` maps every atom of `graph` to its binary variable (1: removed). The rows must be *necessary*: any
+        set `buildable` accepts (with `expressible`, as a plain config) must satisfy them, so adding them never
+        changes an exact search's optimum. They need not be sufficient: the exact search
+        (:mod:`prune_lab.search.exact`) still checks every set it finds with :meth:`buildable` and cuts off the
+        ones rejected, one no-good row at a time. The default states nothing (cuts alone, correct but slow where
+        many sets fail); a family whose validity rules are linear in removals (the U-Net's skip routing and channel
+        flow) states them here, which is what makes the search take seconds at full size.
+        """
+        return None
 
     # ------------------------------------------------------------------------------------------ distilling
     def feature_pairs(self, teacher, student, resolution, unit_map: Mapping[str, str] | None, scope: str) -> list:

@@ -97,17 +97,17 @@ def _labels(result: SearchResult, graph) -> list[str]:
 
 
 def _search_plan(args: argparse.Namespace) -> int:
-    from ..search import get_strategy, search
+    from ..search import DEFAULT_STRATEGY, get_strategy, search
 
     budget = parse_budget(args.target)  # bad budgets and strategies fail before anything is loaded
     check_file("-o", args.out)
-    get_strategy(args.strategy)
+    strategy = get_strategy(args.strategy or DEFAULT_STRATEGY).name
     problem = _problem(args, budget.resource)
-    result = search(problem, budget, args.strategy)
+    result = search(problem, budget, strategy)
     result.plan.save(args.out)
     lost, total = result.importance_lost, result.importance_total
     print(
-        f"wrote {args.out}: {args.strategy} search on {problem.importance.criterion!r} scores for {budget.text}; "
+        f"wrote {args.out}: {strategy} search on {problem.importance.criterion!r} scores for {budget.text}; "
         f"{len(result.removed)} units removed in {len(result.moves)} moves "
         f"({'plain diffusers config' if result.expressible else 'needs prune_lab.load_pruned'})"
     )
@@ -158,8 +158,8 @@ def register(subparsers) -> None:
     p.add_argument("--criterion", help="which criterion of the scores file (needed when it holds several)")
     p.add_argument(
         "--strategy",
-        default="greedy",
-        help="search strategy for --target: a registered one (greedy, the default; an unknown name lists them)",
+        help="search strategy for --target: a registered one (default: exact, the least importance lost under the "
+        "budget; greedy, topk; an unknown name lists them)",
     )
     p.add_argument("--expressible", action="store_true", help="only plans that export as a plain diffusers U-Net")
     p.add_argument("--keep-units", nargs="+", metavar="NAME", help="units (and all inside them) never removed")

@@ -29,7 +29,7 @@ from .importance import importance_from_scores
 from .latency import unit_latency
 from .moves import candidate_moves, protected_atoms
 from .problem import Problem
-from .strategies import Step, get_strategy, list_strategies
+from .strategies import DEFAULT_STRATEGY, Step, get_strategy, list_strategies
 
 
 def build_problem(
@@ -162,18 +162,20 @@ def _infeasible(problem: Problem, budget: Budget, strategy: str, closest: dict |
     )
 
 
-def search(problem: Problem, budget: Budget, strategy: str = "greedy") -> SearchResult:
+def search(problem: Problem, budget: Budget, strategy: str = DEFAULT_STRATEGY) -> SearchResult:
     """The plan `strategy` finds for `budget`.
 
     Raises:
         ValueError: an unknown strategy, a resource the problem has no costs for (latency without timings), or an
             infeasible budget (naming the closest amount the search reaches).
     """
-    run = get_strategy(strategy).run
+    chosen = get_strategy(strategy)
     if budget.resource not in problem.costs.base:
         raise ValueError(f"--target {budget.text}: {budget.resource} needs timings; build the problem with latency")
     limit = budget.limit(problem.costs.base[budget.resource])
-    path = run(problem, budget.resource) if problem.costs.base[budget.resource] > limit else []
+    if chosen.solve is not None and problem.costs.base[budget.resource] > limit:
+        return _solved(problem, budget, limit, strategy, chosen.solve)
+    path = chosen.run(problem, budget.resource) if problem.costs.base[budget.resource] > limit else []
     states, exact = _states(path), _Exact(problem)
     k = _shortest_prefix(problem, states, budget.resource, limit, exact)
     if k is None:
@@ -186,12 +188,24 @@ def search(problem: Problem, budget: Budget, strategy: str = "greedy") -> Search
     return _result(problem, budget, limit, strategy, removed, moves, exact(removed))
 
 
+def _solved(problem: Problem, budget: Budget, limit: float, strategy: str, solve) -> SearchResult:
+    """The plan a budget-aware strategy solves for (its exact costs counted by the reporter, as for paths)."""
+    exact = _Exact(problem)
+    solution = solve(problem, budget.resource, [limit], exact)[0]
+    if not solution.feasible:
+        raise _infeasible(problem, budget, strategy, exact(solution.removed) if solution.removed else None)
+    moves = [m.name for m in solution.moves]
+    return _result(problem, budget, limit, strategy, solution.removed, moves, exact(solution.removed), solution.info)
+
+
 def _number(resource: str, value: float) -> int | float:
     """Counts as integers, timings in milliseconds to the microsecond."""
     return int(value) if resource in PROFILED else round(value, 3)
 
 
-def _result(problem: Problem, budget: Budget, limit: float, strategy: str, removed, moves, costs) -> SearchResult:
+def _result(
+    problem: Problem, budget: Budget, limit: float, strategy: str, removed, moves, costs, solver: dict | None = None
+) -> SearchResult:
     graph, importance = problem.graph, problem.importance
     ordered = sorted(removed, key=lambda a: graph[a].order)
     predicted = {r: _number(r, costs[r]) for r in problem.costs.base}
@@ -206,6 +220,7 @@ def _result(problem: Problem, budget: Budget, limit: float, strategy: str, remov
             "latent": problem.latent,
             "expressible_only": problem.expressible,
             "protected": sorted(problem.protected),
+            **({"solver": solver} if solver else {}),
         },
         "base": {r: _number(r, v) for r, v in problem.costs.base.items()},
         "predicted": predicted,
@@ -272,6 +287,10 @@ def preset_removals(problem: Problem) -> dict[str, frozenset[str]]:
     return out
 
 
+#: Besides the other plans' costs, budget-aware strategies solve for the front at every this share of the model.
+FRONT_GRID = 0.05
+
+
 def pareto_front(
     problem: Problem,
     resource: str = "params",
@@ -282,6 +301,11 @@ def pareto_front(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Every plan the strategies pass through, the front marked, and the presets beside them.
+
+    A strategy that solves for budgets (`exact`) contributes its best plan at the cost of every other plan (path
+    states and presets) and at every :data:`FRONT_GRID` of the unpruned model: at each of those budgets it is
+    compared with the others like for like, at a small share of the solves its complete front would take (that is
+    its `run`, every plan under ever lower bounds).
 
     Args:
         problem: see :func:`build_problem`.
@@ -300,14 +324,21 @@ def pareto_front(
     """
     if resource not in problem.costs.base:
         raise ValueError(f"no costs for {resource!r}; choose one of: {', '.join(problem.costs.base)}")
-    seen: dict[frozenset[str], tuple[list[str], int]] = {}
-    for name in strategies or list_strategies():
-        for step, removed in enumerate(_states(get_strategy(name).run(problem, resource))):
-            seen.setdefault(removed, ([], step))[0].append(name)
-    points = [(removed, ",".join(names), step) for removed, (names, step) in seen.items()]
-    if presets:
-        points += [(removed, f"preset:{name}", -1) for name, removed in preset_removals(problem).items()]
     counted = _Exact(problem) if exact else (lambda r: {**problem.costs.estimate(r), "expressible": None})
+    seen: dict[frozenset[str], tuple[list[str], int]] = {}
+    chosen = [get_strategy(name) for name in strategies or list_strategies()]
+    for strategy in chosen:
+        if strategy.solve is None:
+            for step, removed in enumerate(_states(strategy.run(problem, resource))):
+                seen.setdefault(removed, ([], step))[0].append(strategy.name)
+    preset_points = preset_removals(problem) if presets else {}
+    others = [*seen, *preset_points.values()]
+    for strategy in chosen:
+        if strategy.solve is not None:
+            for step, removed in enumerate(_budget_front(problem, resource, strategy, others, counted)):
+                seen.setdefault(removed, ([], step))[0].append(strategy.name)
+    points = [(removed, ",".join(names), step) for removed, (names, step) in seen.items()]
+    points += [(removed, f"preset:{name}", -1) for name, removed in preset_points.items()]
     rows = [
         {**_point(problem, removed, counted(removed), source, step), "exact": exact}
         for removed, source, step in tqdm(points, desc="counting plans", disable=not progress, leave=False)
@@ -316,3 +347,13 @@ def pareto_front(
     searched = ~df["source"].str.startswith("preset:")
     df["on_front"] = mark_front(df[searched], resource).reindex(df.index, fill_value=False)
     return df.sort_values(["on_front", resource], ascending=[False, False], kind="stable").reset_index(drop=True)
+
+
+def _budget_front(problem: Problem, resource: str, strategy, others, counted) -> list[frozenset[str]]:
+    """A budget-aware strategy's plans for the front: its best plan at the cost of every other plan (so at each it
+    is compared like for like) and at every :data:`FRONT_GRID` of the unpruned model, most expensive first."""
+    base = problem.costs.base[resource]
+    grid = {base * (1 - FRONT_GRID * k) for k in range(1, math.ceil(1 / FRONT_GRID))}
+    limits = sorted({counted(removed)[resource] for removed in others} | grid, reverse=True)
+    solutions = strategy.solve(problem, resource, [limit for limit in limits if limit < base], counted)
+    return list(dict.fromkeys(s.removed for s in solutions if s.feasible))

@@ -11,12 +11,16 @@ the prefixes of every strategy.
 * `topk` — LAPTOP-Diff's one-shot selection (Zhang et al., 2024): because the output-ablation loss is close to
   additive, rank the moves once by their own importance and remove from the least important up, skipping what is
   not admissible at its turn (passes repeat, in ranking order, until nothing more can go).
+* `exact` — the plan that loses the least importance under the budget, solved as an integer program
+  (:mod:`prune_lab.search.exact`). A strategy that can solve for a budget directly registers a `solve`
+  (:class:`Solution`); its path is then its front: the best plan under ever lower bounds, not nested, and the
+  Pareto front (:func:`~prune_lab.search.search.pareto_front`) asks it for the best plan at the other plans' costs.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..units import Move
@@ -40,7 +44,27 @@ class Step:
     estimate: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Solution:
+    """The plan a budget-aware strategy solved for.
+
+    Attributes:
+        removed: every atom removed.
+        moves: the moves that make it up, in forward order.
+        feasible: whether it meets the budget (if not, it is the cheapest plan the strategy found).
+        info: solver statistics, recorded in the plan's `meta`.
+    """
+
+    removed: frozenset[str]
+    moves: list[Move]
+    feasible: bool
+    info: dict
+
+
 Run = Callable[[Problem, str], list[Step]]
+#: `solve(problem, resource, limits, count)`: the plan for each of `limits`, where `count(removed)` gives the exact
+#: costs (one call for many limits lets the strategy reuse its work across them).
+Solve = Callable[[Problem, str, Sequence[float], Callable[[frozenset[str]], dict]], list[Solution]]
 
 
 @dataclass(frozen=True)
@@ -48,16 +72,20 @@ class Strategy:
     name: str
     description: str
     run: Run
+    solve: Solve | None = None
 
 
 _STRATEGIES: dict[str, Strategy] = {}
+#: The strategy `search` and `prunelab plan --target` use unless told otherwise (registered by
+#: :mod:`prune_lab.search.exact`; never worse than `greedy` under a budget, and seconds at full size).
+DEFAULT_STRATEGY = "exact"
 
 
-def register_strategy(name: str, description: str):
-    """Decorator registering `run(problem, resource) -> path` as strategy `name`."""
+def register_strategy(name: str, description: str, solve: Solve | None = None):
+    """Decorator registering `run(problem, resource) -> path` as strategy `name` (with `solve`, for budgets)."""
 
     def wrap(run: Run) -> Run:
-        _STRATEGIES[name] = Strategy(name, description, run)
+        _STRATEGIES[name] = Strategy(name, description, run, solve)
         return run
 
     return wrap

@@ -4,8 +4,9 @@ Modules: :mod:`.graph` (the walker: resnets, attention blocks, transformer layer
 :mod:`.surgery` (reversible removal with identity / channel-interpolation substitutes, zeroed or dropped skips),
 :mod:`.resolve` (what a plan means: slots, positional skip routing, channel checks), :mod:`.compaction` (the compact
 student and its diffusers config), :mod:`.staged` (resumable forward for prefix caching), :mod:`.costs` (one step
-under the thop convention, per-unit cost attribution), :mod:`.moves` (search moves and checks), :mod:`.presets`
-(BK-SDM, SSD-1B, Vega), :mod:`.architectures` (SD v1/v2, SDXL configs).
+under the thop convention, per-unit cost attribution), :mod:`.moves` (search moves and checks), :mod:`.constraints`
+(those checks as linear rows for exact search), :mod:`.presets` (BK-SDM, SSD-1B, Vega), :mod:`.architectures` (SD
+v1/v2, SDXL configs).
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ class UNetBackbone(Backbone):
         from .moves import buildable
 
         return buildable(model, graph, removed, plan, expressible=expressible)
+
+    def plan_constraints(self, graph, program, removed, *, expressible=False):
+        from .constraints import add_constraints
+
+        add_constraints(program, removed, graph, expressible)
 
     def feature_pairs(self, teacher, student, resolution, unit_map, scope):
         from .features import feature_pairing
