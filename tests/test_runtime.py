@@ -30,6 +30,8 @@ EXPECTED = {
     "euler": ("EulerDiscreteScheduler", {}),
     "dpm": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
 }
+#: Samplers of flow-matching pipelines (SD3, Flux): built from a FlowMatchEulerDiscreteScheduler config only.
+FLOW = {"flow-euler": ("FlowMatchEulerDiscreteScheduler", {})}
 
 
 def _dpm_config():
@@ -68,12 +70,12 @@ def test_sampler_names_import_neither_torch_nor_diffusers():
         "print(samplers.names(), 'torch' in sys.modules, 'diffusers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(RUNTIME.parent)], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['pndm', 'ddim', 'euler', 'dpm'] False False"
+    assert out.stdout.strip() == "['pndm', 'ddim', 'euler', 'dpm', 'flow-euler'] False False"
 
 
 # ------------------------------------------------------------------------------------------------------ samplers
 def test_sampler_names_are_the_registry():
-    assert samplers.names() == list(EXPECTED) == samplers.SAMPLERS.names()
+    assert samplers.names() == [*EXPECTED, *FLOW] == samplers.SAMPLERS.names()
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
