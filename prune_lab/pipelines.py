@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .runtime.loading import DENOISERS, denoiser_name
+from .runtime.loading import DENOISERS, absent_components, denoiser_name
 
 
 def _is_loaded_model(model) -> bool:
@@ -163,7 +163,8 @@ def load_pipeline(
 
     folder, unet, dtype = _source(model, dtype)
     config = pipeline_config(folder)
-    kwargs = {"torch_dtype": dtype, **({} if safety_checker else _without_safety_checker(config))}
+    kwargs = {"torch_dtype": dtype, **absent_components(config)}
+    kwargs.update({} if safety_checker else _without_safety_checker(config))
     if unet is not None:
         kwargs[denoiser_name(config)] = unet.to(dtype)
     pipe = from_pretrained(DiffusionPipeline, folder, **kwargs)

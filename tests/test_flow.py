@@ -279,3 +279,17 @@ def test_flow_pipelines_take_the_flow_sampler_only(pipeline_dirs):
         load_pipeline(pipeline_dirs["sd3"], scheduler="pndm")
     with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler cannot sample a DPMSolverMultistep"):
         load_pipeline(pipeline_dirs["pixart"], scheduler="flow-euler")
+
+
+def test_sd3_without_t5_pads_with_zeros_as_its_pipeline_does(tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+    from transformer_pipelines import build_sd3
+
+    build_sd3(t5=False).save_pretrained(tmp_path / "sd3")
+    cond = load_encoders(tmp_path / "sd3", vae=False).condition({"text": ["a red cat"]})
+    pipe = StableDiffusion3Pipeline.from_pretrained(tmp_path / "sd3", text_encoder_3=None, tokenizer_3=None)
+    embeds, _, pooled, _ = pipe.encode_prompt(["a red cat"], None, None, do_classifier_free_guidance=False)
+    assert embeds.shape == (1, 77 + 256, 32) and not embeds[:, 77:].any()  # CLIP tokens, then 256 zero T5 tokens
+    torch.testing.assert_close(cond["encoder_hidden_states"], embeds, rtol=0, atol=0)
+    torch.testing.assert_close(cond["pooled_projections"], pooled, rtol=0, atol=0)
+    assert _pipeline(tmp_path / "sd3").text_encoder_3 is None  # prune_lab's loader takes the folder as it is

@@ -132,9 +132,11 @@ def test_training_target_refuses_unknown_prediction_types():
 
 def test_scoring_and_distill_share_the_target():
     from prune_lab.distill import step
+    from prune_lab.runtime import schedule
     from prune_lab.scoring import calibration
 
-    assert step.training_target is training_target and calibration.training_target is training_target
+    assert step.noised is schedule.noised and calibration.training_target is training_target
+    assert schedule.noised.__globals__["training_target"] is training_target  # distill's DDPM target
 
 
 def test_noise_scheduler_sources(tmp_path, tiny_pipeline_dir, tiny_unet_dir):

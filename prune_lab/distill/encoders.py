@@ -38,6 +38,7 @@ import torch.nn as nn
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ..pipelines import check_weights, from_pretrained, offline_message
+from ..runtime.loading import absent_components
 
 ADDED_COND_KEYS = ("text_embeds", "time_ids")
 
@@ -149,6 +150,7 @@ class PipelineConditioner:
 
         index = json.loads((root / "model_index.json").read_text())
         skip = {name: None for name in ("transformer", "vae", "image_encoder", "feature_extractor") if name in index}
+        skip.update(absent_components(index))
         pipe = from_pretrained(DiffusionPipeline, root, torch_dtype=dtype, **skip)
         if (root / "transformer" / "config.json").is_file():  # SD3 without T5 pads with the transformer's width
             pipe.transformer = _ConfigOnly(json.loads((root / "transformer" / "config.json").read_text()))

@@ -58,9 +58,10 @@ def latent_shape(pipe, size: int | None = None) -> tuple[int, int, int]:
     Raises:
         ValueError: a side that is not a multiple of the VAE's factor x the patch size (x 2 for packed latents).
     """
-    cfg = denoiser(pipe).config
     if hasattr(pipe, "unet"):
+        cfg = pipe.unet.config
         return (cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    cfg = denoiser(pipe).config
     side = size or native_side(pipe)
     pack = 2 if _packs(pipe) else 1
     factor = pipe.vae_scale_factor * (cfg.get("patch_size") or 1) * pack

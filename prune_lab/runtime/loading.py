@@ -59,3 +59,9 @@ def denoiser_name(components) -> str:
 def denoiser(pipe):
     """A loaded pipeline's denoiser: its U-Net or its transformer."""
     return getattr(pipe, denoiser_name(pipe.components))
+
+
+def absent_components(index: dict) -> dict:
+    """`{name: None}` for the components a pipeline's `model_index.json` records as absent (`[null, null]`, e.g. SD3
+    saved without its T5), which diffusers' `from_pretrained` wants passed explicitly."""
+    return {k: None for k, v in index.items() if isinstance(v, (list, tuple)) and len(v) == 2 and v[0] is None}
