@@ -6,6 +6,7 @@ The public API, by stage of the workflow:
 * what exists: :func:`walk` (the graph walker) -> :class:`UNetGraph` of :class:`Unit`;
 * how to change it: :func:`taken_out` (reversible analysis surgery), :func:`build_student` / :func:`apply_plan`
   (compact export), :func:`load_pruned`;
+* what comes next: :func:`controlnet_from_student` (a ControlNet for any student; `prunelab check` runs the rest);
 * what to change: :class:`Plan`, :func:`create_plan` (presets), :func:`make_plan`.
 """
 
@@ -29,6 +30,7 @@ __getattr__, __dir__ = lazy_exports(
         ".backbones.unet.architectures": ("ARCHITECTURES",),
         ".backbones.unet.graph": ("UNetGraph",),
         ".backbones.unet.surgery": ("ChannelInterpolation",),
+        ".compat": ("controlnet_from_student",),
         ".formats": ("load_pruned",),
         ".formats.block": ("apply_plan",),
         ".models": ("load_unet",),
@@ -48,6 +50,7 @@ __all__ = [
     "apply_plan",
     "build_architecture",
     "build_student",
+    "controlnet_from_student",
     "create_plan",
     "fingerprint",
     "list_presets",

@@ -5,7 +5,8 @@ Every entry point that takes `--model` goes through :func:`load_unet`, so the ru
 * a built-in architecture name (any backbone's, :func:`prune_lab.backbones.architectures`): the public config,
   random or `meta` weights;
 * a built-in trained pipeline (:data:`BUILTIN_PIPELINES`: `demo`, the miniature world of :mod:`prune_lab.demo`);
-* a local diffusers pipeline folder (has `unet/`), a local model folder (has `config.json`), or a folder
+* a local diffusers pipeline folder (has `unet/` or `transformer/`: any backbone's subfolder), a local model
+  folder (has `config.json`), or a folder
   written by `prunelab apply` (:func:`prune_lab.formats.load_pruned`);
 * anything else that looks like a hub id (`org/name`) goes to plain `from_pretrained`.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .backbones import architectures, build_architecture
+from .backbones import BACKBONES, architectures, build_architecture
 from .formats import PRUNED_MARKER, load_model_folder, load_pruned
 from .runtime.loading import LoadedModel, looks_like_hub_id
 
@@ -84,17 +85,25 @@ def _from_hub(model: str, dtype):
     return unet.eval()
 
 
+def _subfolders() -> list[str]:
+    """The model folders a pipeline may hold (`unet`, `transformer`): every backbone's."""
+    return list(dict.fromkeys(b.subfolder for _, b in BACKBONES.items()))
+
+
 def _load_local(path: Path, source: str, dtype) -> LoadedModel:
-    if (path / "unet").is_dir():
-        inner = path / "unet"
-        unet = load_pruned(inner) if (inner / PRUNED_MARKER).exists() else _from_folder(inner, dtype)
-        return LoadedModel(unet.eval(), source, "pipeline", path)
+    for sub in _subfolders():
+        inner = path / sub
+        if inner.is_dir():
+            unet = load_pruned(inner) if (inner / PRUNED_MARKER).exists() else _from_folder(inner, dtype)
+            return LoadedModel(unet.eval(), source, "pipeline", path)
     if (path / PRUNED_MARKER).exists():
         return LoadedModel(load_pruned(path).eval(), source, "pruned", path)
     if (path / "config.json").exists():
         return LoadedModel(_from_folder(path, dtype).eval(), source, "unet", path)
+    subfolders = " or ".join(f"{s}/" for s in _subfolders())
     raise FileNotFoundError(
-        f"{path} holds no U-Net: expected a pipeline folder with unet/ or a U-Net folder with config.json"
+        f"{path} holds no U-Net or transformer: expected a pipeline folder with {subfolders}, or a model folder "
+        "with config.json"
     )
 
 

@@ -185,7 +185,8 @@ def build_tiny_pipeline(unet_config: dict = TINY_SD, seed: int = 0):
 
 
 def build_tiny_sdxl_pipeline(seed: int = 0):
-    """A complete tiny SDXL pipeline: two text encoders (16 + 16 = cross_attention_dim 32), pooled projection 32."""
+    """A complete tiny SDXL pipeline: two text encoders of different widths, as SDXL's are (12 + 20 =
+    cross_attention_dim 32; diffusers' single-file loader tells them apart by width), pooled projection 32."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -193,8 +194,8 @@ def build_tiny_sdxl_pipeline(seed: int = 0):
     torch.manual_seed(seed)
     return StableDiffusionXLPipeline(
         vae=tiny_vae(),
-        text_encoder=CLIPTextModel(tiny_text_config(tokenizer, 16)),
-        text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(tokenizer, 16, projection_dim=32)),
+        text_encoder=CLIPTextModel(tiny_text_config(tokenizer, 12)),
+        text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(tokenizer, 20, projection_dim=32)),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=tiny_unet(TINY_SDXL, seed),
@@ -232,3 +233,111 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# ------------------------------------------------------------------------------------------ transformers
+#: Tiny configs of every transformer family (2-4 blocks, width 16), by diffusers class name.
+TINY_TRANSFORMERS = {
+    "DiTTransformer2DModel": dict(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=4, sample_size=8
+    ),
+    "PixArtTransformer2DModel": dict(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=8,
+        num_layers=3,
+        cross_attention_dim=16,
+        sample_size=8,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        caption_channels=12,
+        use_additional_conditions=False,
+    ),
+    "SD3Transformer2DModel": dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        num_layers=4,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=12,
+        caption_projection_dim=16,
+        pooled_projection_dim=10,
+        pos_embed_max_size=16,
+        dual_attention_layers=(0, 2),
+        qk_norm="rms_norm",
+    ),
+    "FluxTransformer2DModel": dict(
+        in_channels=8,
+        num_layers=3,
+        num_single_layers=4,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=12,
+        pooled_projection_dim=10,
+        guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    ),
+    "SanaTransformer2DModel": dict(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=3,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=12,
+        sample_size=8,
+    ),
+}
+
+
+def tiny_transformer(class_name: str, seed: int = 0, **overrides):
+    """A tiny seeded transformer of `class_name`; zero-initialised tensors get small random values (as
+    :func:`tiny_unet`), so no block or branch is an identity by accident."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    model = getattr(diffusers, class_name)(**{**TINY_TRANSFORMERS[class_name], **overrides}).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    return model
+
+
+def transformer_inputs(model, batch: int = 2, seed: int = 0, latent: int = 8) -> tuple:
+    """`(fn, args)`: the backbone's step call with random inputs of batch `batch` (timesteps in range)."""
+    from prune_lab.backbones import backbone_for
+
+    fn, zeros = backbone_for(model).example_call(model, latent, device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    args = []
+    for t in zeros:
+        if not t.is_floating_point():
+            args.append(torch.randint(0, 10, (batch, *t.shape[1:]), generator=g))
+        elif t.ndim == 1:
+            args.append(torch.rand(batch, generator=g) * (1 if fn.__name__ == "_flux_step" else 999))
+        elif t.ndim == 2 and t.shape[-1] == 3:  # Flux position ids: shared over the batch
+            args.append(torch.randint(0, 8, t.shape, generator=g).float())
+        else:
+            shape = (batch, min(t.shape[1], 9), *t.shape[2:]) if t.ndim == 3 and t.shape[1] > 64 else t.shape
+            args.append(torch.randn(batch, *shape[1:], generator=g))
+    if fn.__name__ == "_flux_step":  # text ids follow the shortened text
+        args[5] = args[5][: args[2].shape[1]]
+    return fn, tuple(args)
+
+
+def run_transformer(model, call: tuple) -> torch.Tensor:
+    fn, args = call
+    with torch.no_grad():
+        return fn(model, *args)
+
+
+@pytest.fixture(params=sorted(TINY_TRANSFORMERS))
+def tiny_family(request):
+    """Each transformer family's class name in turn."""
+    return request.param

@@ -22,7 +22,7 @@ LAYERS = [
     {"backbones"},
     {"formats"},
     {"models", "pipelines"},
-    {"report", "scoring", "search", "distill", "evaluation", "width", "plots"},
+    {"report", "scoring", "search", "distill", "evaluation", "width", "plots", "study", "compat"},
     {"analysis"},
     {"demo"},
     {"cli"},

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from badinput import all_cases
-from badinput.commands import CACHE, DISTILL, EVAL, GENERATE, PLAN_PRESET, SCORE, SCORE_CLIP
+from badinput.commands import CACHE, DISTILL, EVAL, GENERATE, PLAN_PRESET, PROGRESSIVE, SCORE, SCORE_CLIP
 from badinput.fixtures import Fixtures
 from badinput.harness import (
     Ctx,
@@ -105,8 +105,8 @@ def test_at_least_300_cases_in_every_class():
 
 @pytest.mark.parametrize(
     "argv",
-    [PLAN_PRESET, SCORE, SCORE_CLIP, GENERATE, CACHE, DISTILL, EVAL],
-    ids=["plan", "score", "score-clip", "generate", "cache-latents", "distill", "eval"],
+    [PLAN_PRESET, SCORE, SCORE_CLIP, GENERATE, CACHE, DISTILL, EVAL, PROGRESSIVE],
+    ids=["plan", "score", "score-clip", "generate", "cache-latents", "distill", "eval", "progressive"],
 )
 def test_baseline_works(argv, fx, tmp_path, monkeypatch):
     """The base command lines the cases change work as they are: a red case is its one change, not the base."""

@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SD, TINY_SDXL, build_tiny_pipeline, run_unet, tiny_unet, unet_inputs
+from conftest import (
+    TINY_SD,
+    build_tiny_pipeline,
+    build_tiny_sdxl_pipeline,
+    run_unet,
+    tiny_unet,
+    unet_inputs,
+)
 
 from prune_lab.backbones import create_plan, make_plan, walk
 from prune_lab.cli import main
@@ -24,26 +31,6 @@ from prune_lab.formats.single_file import (
     write_single_file,
 )
 from prune_lab.models import load_unet
-
-
-def tiny_sdxl_pipeline(seed: int = 0):
-    """A tiny SDXL pipeline whose two text encoders differ in width (12 + 20 = cross_attention_dim 32), as SDXL's do:
-    diffusers' single-file loader tells them apart by width."""
-    from conftest import byte_tokenizer, tiny_text_config, tiny_vae
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    tokenizer = byte_tokenizer()
-    torch.manual_seed(seed)
-    return StableDiffusionXLPipeline(
-        vae=tiny_vae(),
-        text_encoder=CLIPTextModel(tiny_text_config(tokenizer, 12)),
-        text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(tokenizer, 20, projection_dim=32)),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=tiny_unet(TINY_SDXL, seed),
-        scheduler=EulerDiscreteScheduler(),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +54,7 @@ def sd_small(work):
 
 @pytest.fixture(scope="module")
 def sdxl_vega(work):
-    tiny_sdxl_pipeline().save_pretrained(work / "sdxl")
+    build_tiny_sdxl_pipeline().save_pretrained(work / "sdxl")
     return _export(work, "sdxl", "vega")
 
 

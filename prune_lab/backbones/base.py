@@ -26,7 +26,7 @@ from ..runtime.registry import Registry
 from ..units import Graph
 
 #: Modules whose import registers the built-in backbones (imported on first lookup).
-BUILTIN_BACKBONES = ("prune_lab.backbones.unet",)
+BUILTIN_BACKBONES = ("prune_lab.backbones.unet", "prune_lab.backbones.transformer")
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,10 @@ class Backbone:
     def staged(self, model):
         """A resumable step-by-step forward (prefix caching for output ablation), or None if not supported."""
         return None
+
+    def latent_size(self, model) -> int:
+        """The latent side one step is counted at by default (the config's `sample_size`)."""
+        return model.config.sample_size
 
     def example_call(self, model, latent: int, device="meta", dtype=None):
         """`(fn, args)` for one denoising step under the cost convention: `fn(model, *args)` runs it."""

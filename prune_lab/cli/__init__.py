@@ -19,14 +19,17 @@ import sys
 COMMANDS = (
     "prune_lab.cli.structure",
     "prune_lab.cli.apply",
+    "prune_lab.cli.check",
     "prune_lab.cli.plan",
     "prune_lab.cli.score",
     "prune_lab.cli.report",
     "prune_lab.cli.evaluate",
     "prune_lab.cli.distill",
+    "prune_lab.cli.progressive",
     "prune_lab.cli.width",
     "prune_lab.cli.demo",
     "prune_lab.cli.demo_run",
+    "prune_lab.cli.study",
 )
 #: Exceptions that are validated user errors: one line on stderr, exit code 2.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)

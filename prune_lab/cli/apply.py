@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .check import add_check_args, run_and_print
 from .common import PRESET_HELP, add_model_arg, check_folder, model_inputs, out_path
 
 
@@ -30,6 +31,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from ..formats.block import apply_plan
     from ..models import load_unet
 
+    if args.only and not args.check:
+        raise ValueError("--only picks the checks of --check; add --check")
+    if args.check:
+        from ..compat.checks import selected
+
+        selected(args.only)  # an unknown check name is refused before the export
     inputs = [*model_inputs(args.model), args.keep, args.scores]
     check_folder("--out", args.out, overwrite=args.overwrite, inputs=inputs)
     if args.single_file:
@@ -58,7 +65,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
         path = write_single_file(result.out_dir, args.single_file, overwrite=args.overwrite)
         print(f"single file: {path} (original LDM layout; from_single_file(..., config='{result.out_dir}'))")
-    return 0
+    return run_and_print(result.out_dir, args.only, "table") if args.check else 0
 
 
 def register(subparsers) -> None:
@@ -76,4 +83,10 @@ def register(subparsers) -> None:
         help="also write the student pipeline as one original-layout (A1111 / ComfyUI) PATH.safetensors",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder (and --single-file)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="then run `prunelab check` on the export (exit code 1 when a check fails; the export is kept)",
+    )
+    add_check_args(p)
     p.set_defaults(func=cmd_apply)

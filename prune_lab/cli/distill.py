@@ -11,6 +11,9 @@ from ..runtime.dtypes import DTYPE_NAMES, canonical_dtype
 from . import types as T
 from .common import check_folder
 
+#: `--feature-loss` choices: :data:`prune_lab.distill.losses.FEATURE_LOSSES` (that module imports torch; a test
+#: checks the two agree).
+FEATURE_LOSSES = ("mse", "normalized")
 #: accelerate's `mixed_precision` name of each canonical dtype (`--mixed-precision` takes every spelling, or `no`).
 ACCELERATE_PRECISION = {"float32": "no", "float16": "fp16", "bfloat16": "bf16"}
 
@@ -120,6 +123,52 @@ def check_device(device: str) -> None:
         raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
+def add_training_args(p: argparse.ArgumentParser, feature_layers: str | None = None) -> None:
+    """The recipe's training flags (`distill`, `progressive`); unset ones keep :class:`DistillConfig`'s defaults.
+
+    Args:
+        feature_layers: the `--feature-layers` default to show and use (None: the recipe's, `stages`).
+    """
+    p.add_argument("--batch-size", type=T.positive_int, help="micro-batch per process (default 64)")
+    p.add_argument("--grad-accum", type=T.positive_int, help="micro-batches per optimizer step (default 4)")
+    p.add_argument("--lr", type=T.positive_float, help="AdamW learning rate, constant (default 5e-5)")
+    p.add_argument("--weight-decay", type=T.non_negative_float, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--max-grad-norm", type=T.non_negative_float, help="gradient clipping norm, 0 = off (default 1.0)")
+    p.add_argument("--lambda-task", type=T.non_negative_float, help="weight of the denoising loss (default 1)")
+    p.add_argument("--lambda-out", type=T.non_negative_float, help="weight of the output-level KD loss (default 1)")
+    p.add_argument("--lambda-feat", type=T.non_negative_float, help="weight of the feature-level KD loss (default 1)")
+    p.add_argument(
+        "--feature-layers",
+        choices=[*feature_scopes(), "none"],
+        default=feature_layers,
+        help="stages: every stage output (BK-SDM); units: every kept unit (SSD-1B); none "
+        f"(default {feature_layers or 'stages'})",
+    )
+    p.add_argument(
+        "--feature-loss",
+        choices=FEATURE_LOSSES,
+        help="mse: BK-SDM's feature MSE (default); normalized: each layer's squared error over the teacher "
+        "feature's squared norm (LAPTOP-Diff, arXiv:2404.11098)",
+    )
+    p.add_argument(
+        "--mixed-precision", choices=("no", *DTYPE_NAMES), help="default no (fp32); fp16 / bf16 in either spelling"
+    )
+    p.add_argument("--ema", action="store_true", default=None, help="keep EMA weights and export them")
+    p.add_argument("--ema-decay", type=T.fraction, help="default 0.9999")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    p.add_argument(
+        "--checkpoint-every",
+        type=T.non_negative_int,
+        help="steps between checkpoints (and one at the end); 0 = none (default 1000)",
+    )
+    p.add_argument("--checkpoints-limit", type=T.positive_int, help="keep only the newest N checkpoints (N >= 1)")
+    p.add_argument("--seed", type=T.seed)
+    p.add_argument("--resolution", type=T.positive_int, help="image side, a multiple of 8 (default 512)")
+    p.add_argument("--no-flip", action="store_true", help="no random left-right flips (captions that name sides)")
+    p.add_argument("--num-workers", type=T.non_negative_int, help="data loader workers (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def _distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--teacher",
@@ -135,44 +184,15 @@ def _distill_parser(p: argparse.ArgumentParser) -> None:
         "--out", required=True, type=T.non_empty, help="output folder: the student, checkpoints/, losses.csv, samples/"
     )
     p.add_argument("--max-steps", type=T.positive_int, help="optimizer steps (default 50000, BK-SDM)")
-    p.add_argument("--batch-size", type=T.positive_int, help="micro-batch per process (default 64)")
-    p.add_argument("--grad-accum", type=T.positive_int, help="micro-batches per optimizer step (default 4)")
-    p.add_argument("--lr", type=T.positive_float, help="AdamW learning rate, constant (default 5e-5)")
-    p.add_argument("--weight-decay", type=T.non_negative_float, help="AdamW weight decay (default 0.01)")
-    p.add_argument("--max-grad-norm", type=T.non_negative_float, help="gradient clipping norm, 0 = off (default 1.0)")
-    p.add_argument("--lambda-task", type=T.non_negative_float, help="weight of the denoising loss (default 1)")
-    p.add_argument("--lambda-out", type=T.non_negative_float, help="weight of the output-level KD loss (default 1)")
-    p.add_argument("--lambda-feat", type=T.non_negative_float, help="weight of the feature-level KD loss (default 1)")
-    p.add_argument(
-        "--feature-layers",
-        choices=[*feature_scopes(), "none"],
-        help="stages: every stage output (BK-SDM, default); units: every kept unit (SSD-1B); none",
-    )
-    p.add_argument(
-        "--mixed-precision", choices=("no", *DTYPE_NAMES), help="default no (fp32); fp16 / bf16 in either spelling"
-    )
-    p.add_argument("--ema", action="store_true", default=None, help="keep EMA weights and export them")
-    p.add_argument("--ema-decay", type=T.fraction, help="default 0.9999")
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    p.add_argument(
-        "--checkpoint-every",
-        type=T.non_negative_int,
-        help="steps between checkpoints (and one at the end); 0 = none (default 1000)",
-    )
-    p.add_argument("--checkpoints-limit", type=T.positive_int, help="keep only the newest N checkpoints (N >= 1)")
+    add_training_args(p)
     p.add_argument("--resume", help="`latest` (or a fresh start when there is none) or a checkpoint folder")
-    p.add_argument("--seed", type=T.seed)
-    p.add_argument("--resolution", type=T.positive_int, help="image side, a multiple of 8 (default 512)")
-    p.add_argument("--no-flip", action="store_true", help="no random left-right flips (captions that name sides)")
     p.add_argument("--random-init", action="store_true", default=None, help="ablation: do not start from the teacher")
-    p.add_argument("--num-workers", type=T.non_negative_int, help="data loader workers (default 2)")
     p.add_argument("--report-to", choices=["tensorboard"], help="also log to tensorboard (out/logs)")
     p.add_argument("--validation-prompts", nargs="+", help="render these prompts every --validation-every steps")
     p.add_argument("--validation-every", type=T.positive_int)
     p.add_argument(
         "--validation-steps", type=T.positive_int, help="denoising steps for validation images (default 25)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def register(subparsers) -> None:

@@ -53,7 +53,7 @@ from .files import (
     record_checkpoint,
     retraining_recipe,
 )
-from .losses import DistillationLoss
+from .losses import FEATURE_LOSSES, DistillationLoss
 from .projection import feature_projections
 from .step import DistillStep, step_generator
 from .validation import ValidationSampler
@@ -84,6 +84,7 @@ class DistillConfig:
     lambda_out: float = 1.0
     lambda_feat: float = 1.0
     feature_layers: str = "stages"
+    feature_loss: str = "mse"
     mixed_precision: str = "no"
     ema: bool = False
     ema_decay: float = 0.9999
@@ -136,6 +137,8 @@ class DistillConfig:
             raise ValueError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}")
         if self.feature_layers not in (*FEATURE_LAYERS, "none"):
             raise ValueError(f"--feature-layers must be one of {', '.join(FEATURE_LAYERS)}, none")
+        if self.feature_loss not in FEATURE_LOSSES:
+            raise ValueError(f"--feature-loss must be one of {', '.join(FEATURE_LOSSES)}, got {self.feature_loss!r}")
         if self.report_to not in (None, "tensorboard"):
             raise ValueError(f"--report-to {self.report_to!r}: only tensorboard is supported")
         if self.report_to and not importlib.util.find_spec("tensorboard"):
@@ -145,8 +148,8 @@ class DistillConfig:
 #: Settings a resumed run must share with the run it continues (`--max-steps` and bookkeeping flags may change).
 RESUME_KEYS = (
     "teacher", "student", "data", "batch_size", "grad_accum", "lr", "weight_decay", "max_grad_norm", "lambda_task",
-    "lambda_out", "lambda_feat", "feature_layers", "mixed_precision", "ema", "ema_decay", "seed", "resolution",
-    "flip", "random_init",
+    "lambda_out", "lambda_feat", "feature_layers", "feature_loss", "mixed_precision", "ema", "ema_decay", "seed",
+    "resolution", "flip", "random_init",
 )  # fmt: skip
 
 
@@ -350,7 +353,7 @@ class DistillRecipe:
             self.ema = EMAModel(self.unwrapped.parameters(), decay=cfg.ema_decay)
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
-        loss = DistillationLoss(cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat)
+        loss = DistillationLoss(cfg.lambda_task, cfg.lambda_out, cfg.lambda_feat, cfg.feature_loss)
         self.kd = DistillStep(
             self.teacher,
             self.student,

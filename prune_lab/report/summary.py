@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch.nn as nn
 
-from ..backbones import build_student, create_plan, list_presets, walk
+from ..backbones import backbone_for, build_student, create_plan, list_presets, walk
 from ..models import load_unet
 from ..plan import Plan
 from ..runtime.counting import Profile, profile_call
@@ -136,7 +136,7 @@ def variant_plan(unet: nn.Module, variant: str, *, source: str) -> Plan:
 def _latent(unet: nn.Module, specs: tuple[ComponentSpec, ...], resolution: int | None) -> tuple[int, int]:
     factor = vae_scale_factor(specs)
     if resolution is None:
-        size = unet.config.sample_size
+        size = backbone_for(unet).latent_size(unet)
         if not isinstance(size, int):
             raise ValueError(f"the U-Net's sample_size is {size!r}; pass --resolution")
         return size * factor, size

@@ -20,7 +20,7 @@ import pandas as pd
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..backbones import create_plan, list_presets, model_family, walk
+from ..backbones import backbone_of, create_plan, list_presets, model_family, walk
 from ..plan import Plan, expand_keep
 from ..report import LatencySettings, profile_unet
 from ..runtime.budget import RESOURCES, Budget
@@ -58,7 +58,7 @@ def build_problem(
     graph = walk(unet)
     importance = importance_from_scores(scores, graph, criterion, where)
     protected = protected_atoms(graph, keep_units, never_remove)
-    latent = unet.config.sample_size
+    latent = backbone_of(graph).latent_size(unet)
     extra = {}
     if latency is not None:
         timed = unit_latency(unet, graph, latent, latency)

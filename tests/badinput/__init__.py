@@ -8,9 +8,15 @@ from .harness import CLASSES, Case
 
 
 def all_cases() -> list[Case]:
-    from . import cases_files, cases_flags, cases_messages, cases_safety
+    from . import cases_check, cases_files, cases_flags, cases_messages, cases_safety
 
-    cases = [*cases_safety.CASES, *cases_files.CASES, *cases_flags.CASES, *cases_messages.CASES]
+    cases = [
+        *cases_safety.CASES,
+        *cases_files.CASES,
+        *cases_flags.CASES,
+        *cases_messages.CASES,
+        *cases_check.CASES,
+    ]
     ids = Counter(c.id for c in cases)
     dup = [i for i, n in ids.items() if n > 1]
     assert not dup, f"duplicate case ids: {dup}"

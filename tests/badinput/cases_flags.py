@@ -95,6 +95,26 @@ flag_cases(
     },
 )
 flag_cases("distill-ema", (*C.DISTILL, "--ema"), {"--ema-decay": ("2", "nan")})
+flag_cases("distill", C.DISTILL, {"--feature-loss": ("l1",)})
+
+# ----------------------------------------------------------------------------------------------- progressive
+flag_cases(
+    "progressive",
+    C.PROGRESSIVE,
+    {
+        "--rounds": ("0", "-1"),
+        "--steps-per-round": ("0",),
+        "--target": ("params=0", "params=2", "latency=100ms"),
+        "--criterion": ("bogus",),
+        "--schedule": ("cosine",),
+        "--strategy": ("bogus",),
+        "--feature-loss": ("l1",),
+        "--feature-layers": ("bogus",),
+        "--checkpoint-every": ("0",),
+        "--lr": ("nan",),
+        "--calib-samples": ("0",),
+    },
+)
 flag_cases(
     "distill-validation",
     (*C.DISTILL, "--validation-prompts", "a red circle", "--validation-every", "1", "--validation-steps", "1"),
@@ -143,6 +163,21 @@ flag_cases(
     **DEMO,
 )
 flag_cases("demo-study", C.DEMO_STUDY, {"--steps": ("0",), "--lr": ("nan",), "--data-n": ("0",), "-n": ("0",)}, **DEMO)
+flag_cases(
+    "study",
+    C.STUDY,
+    {
+        "--steps": ("0",),
+        "--lr": ("nan",),
+        "--jobs": ("0",),
+        "--latency-runs": ("-1",),
+        "--seed": ("-1",),
+        "--arms": ("bogus:x", "kd:task", "criterion:magnitude@params=2"),
+        "--base": ("kd:task",),
+        "--metric": ("bogus",),
+    },
+    **DEMO,
+)
 flag_cases("demo-train", C.DEMO_TRAIN, {"--threads": ("0",), "--vae-steps": ("-1",)}, **DEMO)
 
 # score CSVs a numeric column of which is bad: every reader of scores
@@ -208,6 +243,7 @@ def out_cases(prefix: str, base: tuple[str, ...], flag: str, want: str, extra: t
 out_cases("apply", C.APPLY, "--out", "dir")
 out_cases("width", C.WIDTH, "--out", "dir")
 out_cases("distill", C.DISTILL, "--out", "dir")
+out_cases("progressive", C.PROGRESSIVE, "--out", "dir")
 out_cases("generate", C.GENERATE, "--out", "dir")
 out_cases("demo-data", C.DEMO_DATA, "--out", "dir")
 out_cases("cache-latents", C.CACHE, "--out", "dir")

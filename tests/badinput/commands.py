@@ -119,6 +119,25 @@ DISTILL = (
     "{tmp}/d",
     *DISTILL_TINY,
 )
+PROGRESSIVE = (
+    "progressive",
+    "--model",
+    "demo",
+    "--data",
+    "{data}",
+    "--target",
+    "params=0.8",
+    "--rounds",
+    "1",
+    "--criterion",
+    "magnitude",
+    "--steps-per-round",
+    "1",
+    "--out",
+    "{tmp}/p",
+    *DISTILL_TINY[2:-1],  # no --max-steps (--steps-per-round)
+    "1",  # --checkpoint-every: progressive resumes a round from its checkpoints
+)
 WIDTH = ("width", "--model", "demo", "--out", "{tmp}/w", "--quiet")
 WIDTH_TAYLOR = (
     *WIDTH,
@@ -216,3 +235,34 @@ def _number(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+STUDY = (
+    "study",
+    "--model",
+    "demo",
+    "--data",
+    "{data}",
+    "--prompts",
+    "{prompts_csv}",
+    "--arms",
+    "preset:bk-small",
+    "--out",
+    "{tmp}/study",
+    "--work",
+    "{tmp}/study-work",
+    "--steps",
+    "1",
+    "--batch-size",
+    "2",
+    "--resolution",
+    "32",
+    "--no-flip",
+    "--sample-steps",
+    "1",
+    "--metric",
+    "demo-accuracy",
+    "--latency-runs",
+    "0",
+    "--quiet",
+)
