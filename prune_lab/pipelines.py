@@ -5,14 +5,17 @@ The pipeline class comes from the folder's `model_index.json` (`_class_name`) th
 pipelines) loads the same way; nothing here names a family. Loading options that depend on the folder are read from
 the same `model_index.json` (a `safety_checker` component can be left out, whatever the class).
 
-A prune_lab export whose `unet/` is in the compact format is rebuilt by :func:`prune_lab.formats.load_pruned` and
-handed to the pipeline as its U-Net.
+A prune_lab export whose denoiser (`unet/` or `transformer/`, :data:`DENOISERS`) is in the compact format is rebuilt
+by :func:`prune_lab.formats.load_pruned` and handed to the pipeline as that component; a stock-config one loads as
+it is.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from .runtime.loading import DENOISERS, absent_components, denoiser_name
 
 
 def _is_loaded_model(model) -> bool:
@@ -103,13 +106,13 @@ def _without_safety_checker(config: dict) -> dict:
 
 
 def _pruned_unet(folder: Path):
-    """The rebuilt model of a prune_lab export's `unet/` (or `transformer/`) in the compact format, else None."""
-    from .backbones import BACKBONES
+    """The rebuilt denoiser of a prune_lab export whose `unet/` (or `transformer/`) is in the compact format, else
+    None."""
     from .formats import PRUNED_MARKER, load_pruned
 
-    for sub in dict.fromkeys(b.subfolder for _, b in BACKBONES.items()):
-        if (folder / sub / PRUNED_MARKER).exists():
-            return load_pruned(folder / sub)
+    for name in DENOISERS:
+        if (folder / name / PRUNED_MARKER).exists():
+            return load_pruned(folder / name)
     return None
 
 
@@ -160,11 +163,10 @@ def load_pipeline(
 
     folder, unet, dtype = _source(model, dtype)
     config = pipeline_config(folder)
-    kwargs = {"torch_dtype": dtype, **({} if safety_checker else _without_safety_checker(config))}
+    kwargs = {"torch_dtype": dtype, **absent_components(config)}
+    kwargs.update({} if safety_checker else _without_safety_checker(config))
     if unet is not None:
-        from .backbones import backbone_for
-
-        kwargs[backbone_for(unet).subfolder] = unet.to(dtype)
+        kwargs[denoiser_name(config)] = unet.to(dtype)
     pipe = from_pretrained(DiffusionPipeline, folder, **kwargs)
     if sampler is not None:
         pipe.scheduler = build_sampler(sampler, pipe.scheduler.config)

@@ -30,6 +30,8 @@ EXPECTED = {
     "euler": ("EulerDiscreteScheduler", {}),
     "dpm": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
 }
+#: Samplers of flow-matching pipelines (SD3, Flux): built from a FlowMatchEulerDiscreteScheduler config only.
+FLOW = {"flow-euler": ("FlowMatchEulerDiscreteScheduler", {})}
 
 
 def _dpm_config():
@@ -68,12 +70,12 @@ def test_sampler_names_import_neither_torch_nor_diffusers():
         "print(samplers.names(), 'torch' in sys.modules, 'diffusers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(RUNTIME.parent)], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['pndm', 'ddim', 'euler', 'dpm'] False False"
+    assert out.stdout.strip() == "['pndm', 'ddim', 'euler', 'dpm', 'flow-euler'] False False"
 
 
 # ------------------------------------------------------------------------------------------------------ samplers
 def test_sampler_names_are_the_registry():
-    assert samplers.names() == list(EXPECTED) == samplers.SAMPLERS.names()
+    assert samplers.names() == [*EXPECTED, *FLOW] == samplers.SAMPLERS.names()
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -130,9 +132,11 @@ def test_training_target_refuses_unknown_prediction_types():
 
 def test_scoring_and_distill_share_the_target():
     from prune_lab.distill import step
+    from prune_lab.runtime import schedule
     from prune_lab.scoring import calibration
 
-    assert step.training_target is training_target and calibration.training_target is training_target
+    assert step.noised is schedule.noised and calibration.training_target is training_target
+    assert schedule.noised.__globals__["training_target"] is training_target  # distill's DDPM target
 
 
 def test_noise_scheduler_sources(tmp_path, tiny_pipeline_dir, tiny_unet_dir):

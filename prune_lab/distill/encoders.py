@@ -1,21 +1,36 @@
-"""The frozen parts of a latent diffusion pipeline that turn a data batch into U-Net inputs.
+"""The frozen parts of a latent diffusion pipeline that turn a data batch into U-Net (or transformer) inputs.
 
 A batch is either raw (`pixel_values` in [-1, 1] plus `text`) or cached (`moments`, the VAE posterior's mean and
 log-variance, plus `cond`, the text conditioning). Both go through the same two steps, so a cached run and an
 on-the-fly run see identical latents for the same random generator:
 
-* latents: z_0 = (mean + exp(logvar / 2) · n − shift) · scaling_factor, n ~ N(0, I) drawn from the step's generator;
+* latents: z_0 = (mean + exp(logvar / 2) · n − shift) · scaling_factor, n ~ N(0, I) drawn from the step's generator
+  (a deterministic encoder, Sana's DC-AE, has log-variance −inf: z_0 = (mean − shift) · scaling_factor);
 * conditioning: a flat dict of tensors from a registered :data:`CONDITIONERS` entry (picked from the pipeline's
-  components), turned into U-Net keyword arguments by :func:`unet_kwargs`.
+  components; transformer pipelines through their own `encode_prompt`), turned into the model's call by the
+  :data:`MODEL_CALLS` entry of the model's class (:func:`model_call`; :func:`unet_kwargs` for U-Nets).
+
+What the transformer families take (diffusers' pipelines call them the same way):
+
+| pipeline | conditioning | call |
+|---|---|---|
+| SD3 / SD3.5 | CLIP-L + CLIP-G penultimate states ‖ T5 (zeros without T5), pooled CLIP projections | t = σ·1000 |
+| Flux | T5 states, pooled CLIP | latents packed 2x2, image / text position ids, t = σ, guidance 3.5 (dev) |
+| PixArt-Σ | T5 states + attention mask | `added_cond_kwargs` resolution / aspect ratio None; learned σ dropped |
+| Sana | Gemma2 states (the pipeline's complex human instruction) + mask | t = σ·1000·`timestep_scale` |
+
+DiT is class-conditional (`class_labels`, no text): it has no entry, so `distill` refuses it.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,6 +38,7 @@ import torch.nn as nn
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ..pipelines import check_weights, from_pretrained, offline_message
+from ..runtime.loading import absent_components
 
 ADDED_COND_KEYS = ("text_embeds", "time_ids")
 
@@ -45,16 +61,26 @@ def encode_moments(vae: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         pixels: (B, 3, H, W) in [-1, 1].
 
     Returns:
-        (B, 2·C, H/f, W/f): mean and log-variance concatenated on the channel axis (`latent_dist.parameters`).
+        (B, 2·C, H/f, W/f): mean and log-variance concatenated on the channel axis (`latent_dist.parameters`); a
+        deterministic encoder's (`.latent`, Sana's DC-AE) log-variance is −inf.
     """
-    return vae.encode(pixels.to(vae.dtype)).latent_dist.parameters.float()
+    out = vae.encode(pixels.to(vae.dtype))
+    if hasattr(out, "latent_dist"):
+        return out.latent_dist.parameters.float()
+    mean = out.latent.float()
+    return torch.cat([mean, torch.full_like(mean, float("-inf"))], dim=1)
 
 
 def sample_latents(
     moments: torch.Tensor, generator: torch.Generator | None, scaling_factor: float, shift_factor: float = 0.0
 ) -> torch.Tensor:
-    """Draw z_0 from the posterior (B, 2·C, h, w) -> (B, C, h, w), scaled as the U-Net expects (fp32)."""
-    latents = DiagonalGaussianDistribution(moments.float()).sample(generator=generator)
+    """Draw z_0 from the posterior (B, 2·C, h, w) -> (B, C, h, w), scaled as the model expects (fp32).
+
+    A posterior whose log-variance is all −inf (a deterministic encoder) gives its mean; the same noise is drawn
+    either way, so the step's generator stays in step."""
+    moments = moments.float()
+    point_mass = bool(torch.isneginf(moments.chunk(2, dim=1)[1]).all())
+    latents = DiagonalGaussianDistribution(moments, deterministic=point_mass).sample(generator=generator)
     return (latents - shift_factor) * scaling_factor
 
 
@@ -104,6 +130,90 @@ class SDXLConditioner:
         return {"encoder_hidden_states": torch.cat(hidden, dim=-1), "text_embeds": pooled, "time_ids": time_ids}
 
 
+class PipelineConditioner:
+    """Transformer pipelines: the text conditioning of the pipeline's own `encode_prompt` (exactly what it feeds the
+    transformer when generating, no classifier-free guidance), from a pipeline loaded without transformer and VAE.
+
+    Args:
+        pipe: the text-only pipeline.
+        encode: the family's `(pipe, texts, device) -> flat conditioning dict` (:data:`PROMPT_ENCODERS`).
+    """
+
+    def __init__(self, pipe, encode: Callable) -> None:
+        self.pipe, self.encode = pipe, encode
+        self.device = next(m.device for m in pipe.components.values() if isinstance(m, nn.Module))
+
+    @classmethod
+    def load(cls, root: Path, kind: str, dtype: torch.dtype, device):
+        """The text part of the pipeline at `root` (frozen, `dtype`, on `device`)."""
+        from diffusers import DiffusionPipeline
+
+        index = json.loads((root / "model_index.json").read_text())
+        skip = {name: None for name in ("transformer", "vae", "image_encoder", "feature_extractor") if name in index}
+        skip.update(absent_components(index))
+        pipe = from_pretrained(DiffusionPipeline, root, torch_dtype=dtype, **skip)
+        if (root / "transformer" / "config.json").is_file():  # SD3 without T5 pads with the transformer's width
+            pipe.transformer = _ConfigOnly(json.loads((root / "transformer" / "config.json").read_text()))
+        for module in pipe.components.values():
+            if isinstance(module, nn.Module):
+                module.to(device).eval().requires_grad_(False)
+        return cls(pipe, PROMPT_ENCODERS[kind])
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.encode(self.pipe, list(batch["text"]), self.device)
+
+
+class _ConfigOnly:
+    """A stand-in for a pipeline's transformer whose `encode_prompt` reads only its config."""
+
+    def __init__(self, config: dict) -> None:
+        from diffusers.configuration_utils import FrozenDict
+
+        self.config = FrozenDict(config)
+
+
+def _sd3_prompt(pipe, texts: list[str], device) -> dict[str, torch.Tensor]:
+    embeds, _, pooled, _ = pipe.encode_prompt(texts, None, None, device=device, do_classifier_free_guidance=False)
+    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+
+def _flux_prompt(pipe, texts: list[str], device) -> dict[str, torch.Tensor]:
+    embeds, pooled, _ = pipe.encode_prompt(texts, None, device=device)  # text ids are zeros: rebuilt per call
+    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+
+def _masked_prompt(pipe, texts: list[str], device, **options) -> dict[str, torch.Tensor]:
+    embeds, mask, _, _ = pipe.encode_prompt(
+        texts, do_classifier_free_guidance=False, device=device, clean_caption=False, **options
+    )
+    return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
+
+
+def _sana_prompt(pipe, texts: list[str], device) -> dict[str, torch.Tensor]:
+    """Sana's prompts carry the pipeline's default complex human instruction, as its `__call__` adds it."""
+    instruction = inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
+    return _masked_prompt(pipe, texts, device, complex_human_instruction=instruction)
+
+
+#: Prompt encoders of the transformer pipelines, by conditioner kind.
+PROMPT_ENCODERS: dict[str, Callable] = {
+    "sd3": _sd3_prompt,
+    "flux": _flux_prompt,
+    "pixart": _masked_prompt,
+    "sana": _sana_prompt,
+}
+
+#: Conditioner kinds of transformer pipelines, by `model_index.json` `_class_name`.
+PIPELINE_KINDS = {
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+    "PixArtSigmaPipeline": "pixart",
+    "PixArtAlphaPipeline": "pixart",
+    "SanaPipeline": "sana",
+}
+
+
 class NoConditioner:
     """Unconditional pipelines (a `UNet2DModel` and a VAE): no conditioning tensors."""
 
@@ -114,12 +224,20 @@ class NoConditioner:
 
 
 #: Conditioners by name; :func:`conditioner_kind` picks one from a pipeline's `model_index.json`.
-CONDITIONERS: dict[str, Callable] = {"sd": SDConditioner, "sdxl": SDXLConditioner, "none": NoConditioner}
+CONDITIONERS: dict[str, Callable] = {
+    "sd": SDConditioner,
+    "sdxl": SDXLConditioner,
+    "none": NoConditioner,
+    **{kind: PipelineConditioner for kind in PROMPT_ENCODERS},
+}
 
 
 def conditioner_kind(root: Path) -> str:
-    """`sdxl` (two text encoders), `sd` (one) or `none`, from `root/model_index.json`."""
+    """A transformer pipeline's kind (:data:`PIPELINE_KINDS`), else `sdxl` (two text encoders), `sd` (one) or
+    `none`, from `root/model_index.json`."""
     index = json.loads((root / "model_index.json").read_text()) if (root / "model_index.json").exists() else {}
+    if index.get("_class_name") in PIPELINE_KINDS:
+        return PIPELINE_KINDS[index["_class_name"]]
     if index.get("text_encoder_2") and index["text_encoder_2"][0]:
         return "sdxl"
     return "sd" if index.get("text_encoder") and index["text_encoder"][0] else "none"
@@ -132,6 +250,94 @@ def _load_component(root: Path, name: str, dtype: torch.dtype, device):
     if isinstance(obj, nn.Module):
         obj = obj.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return obj
+
+
+def _conditioner(root: Path, dtype: torch.dtype, device):
+    kind = conditioner_kind(root)
+    cls = CONDITIONERS[kind]
+    if cls is PipelineConditioner:
+        return cls.load(root, kind, dtype, device)
+    return cls(*[_load_component(root, c, dtype, device) for c in cls.components])
+
+
+# ------------------------------------------------------------------------------------------- model calls
+def _unet_call(model, noisy, t, cond: dict) -> torch.Tensor:
+    return model(noisy, t, **unet_kwargs(cond)).sample
+
+
+def _sd3_call(model, noisy, t, cond: dict) -> torch.Tensor:
+    return model(hidden_states=noisy, timestep=t, **cond).sample
+
+
+#: The guidance Flux-dev's guidance embedding gets in training (diffusers' Flux training scripts' default).
+FLUX_GUIDANCE = 3.5
+
+
+def _flux_call(model, noisy, t, cond: dict, *, config) -> torch.Tensor:
+    """Flux: (B, C, h, w) latents packed into (B, h/2·w/2, 4C) tokens and unpacked after; t = σ in [0, 1]."""
+    from diffusers import FluxPipeline
+
+    b, c, h, w = noisy.shape
+    tokens = FluxPipeline._pack_latents(noisy, b, c, h, w)
+    img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, noisy.dtype)
+    text = cond["encoder_hidden_states"]
+    txt_ids = torch.zeros(text.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
+    guidance = torch.full((b,), FLUX_GUIDANCE, device=noisy.device) if config.guidance_embeds else None
+    out = model(
+        hidden_states=tokens,
+        timestep=t / 1000,
+        guidance=guidance,
+        img_ids=img_ids,
+        txt_ids=txt_ids,
+        **cond,
+    ).sample
+    return FluxPipeline._unpack_latents(out, h, w, 1)
+
+
+def _pixart_call(model, noisy, t, cond: dict, *, config) -> torch.Tensor:
+    """PixArt: no micro-conditions; a learned-σ model's variance channels are dropped (the pipelines' samplers use
+    the ε half only, `PixArtSigmaPipeline.__call__`)."""
+    if config.get("use_additional_conditions"):
+        raise ValueError(
+            "PixArt models with resolution / aspect-ratio micro-conditioning (PixArt-α 1024) are not supported by "
+            "distill; use a PixArt-Σ model (use_additional_conditions false)"
+        )
+    added = {"resolution": None, "aspect_ratio": None}
+    out = model(noisy, timestep=t, added_cond_kwargs=added, **cond).sample
+    return out[:, : noisy.shape[1]] if config.out_channels == 2 * noisy.shape[1] else out
+
+
+def _sana_call(model, noisy, t, cond: dict, *, config) -> torch.Tensor:
+    return model(noisy, timestep=t * config.get("timestep_scale", 1.0), **cond).sample
+
+
+#: How a model of each class is called on (x_t (B, C, h, w), t (B,), flat conditioning) -> prediction (B, C, h, w).
+MODEL_CALLS: dict[str, Callable] = {
+    "UNet2DConditionModel": _unet_call,
+    "UNet2DModel": _unet_call,
+    "SD3Transformer2DModel": _sd3_call,
+    "FluxTransformer2DModel": _flux_call,
+    "PixArtTransformer2DModel": _pixart_call,
+    "SanaTransformer2DModel": _sana_call,
+}
+
+
+def model_call(model: nn.Module) -> Callable:
+    """The step call of `model`'s class: `call(module, x_t, t, cond) -> prediction`, where `module` is `model` or a
+    wrapper of it (DDP); the configuration is read from `model` here.
+
+    Raises:
+        ValueError: a class that text-to-image distillation does not handle (DiT: class-conditional).
+    """
+    name = type(model).__name__
+    call = next((MODEL_CALLS[c.__name__] for c in type(model).__mro__ if c.__name__ in MODEL_CALLS), None)
+    if call is None:
+        why = " (a class-conditional model without text)" if name == "DiTTransformer2DModel" else ""
+        raise ValueError(
+            f"distill has no step call for a {name}{why}; it retrains {', '.join(MODEL_CALLS)} students of "
+            "text-to-image pipelines"
+        )
+    return partial(call, config=model.config) if "config" in inspect.signature(call).parameters else call
 
 
 # ---------------------------------------------------------------------------------------------- encoders
@@ -179,9 +385,7 @@ def load_encoders(
             "`prunelab cache-latents` from one"
         )
     check_weights(root)  # every component, before the first one loads
-    kind = conditioner_kind(root)
-    cls = CONDITIONERS[kind]
-    conditioner = cls(*[_load_component(root, c, dtype, device) for c in cls.components]) if text else None
+    conditioner = _conditioner(root, dtype, device) if text else None
     vae_model = _load_component(root, "vae", dtype, device) if vae else None
     config = json.loads((root / "vae" / "config.json").read_text())
     return FrozenEncoders(

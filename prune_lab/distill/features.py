@@ -50,14 +50,29 @@ def feature_pairs(
 
 # --------------------------------------------------------------------------------------------------- hooks
 def first_tensor(value) -> torch.Tensor:
-    """The hidden states in a module's output: the tensor itself, a tuple's first item, or `.sample`."""
+    """The hidden states in a module's output: the tensor itself, a tuple's first item, or `.sample`; for the
+    two-stream blocks of MMDiT / Flux, whose output is `(encoder_hidden_states, hidden_states)` (SD3's
+    `context_pre_only` last block: `(None, hidden_states)`), the image stream `hidden_states`."""
     if isinstance(value, torch.Tensor):
         return value
+    if _two_streams(value):
+        return value[1]
     if isinstance(value, (tuple, list)):
         return first_tensor(value[0])
     if hasattr(value, "sample"):
         return value.sample
     raise TypeError(f"cannot find a tensor in a {type(value).__name__}")
+
+
+def _two_streams(value) -> bool:
+    """A `(text, image)` pair of stream tensors (the text one None after SD3's last block); a U-Net block's
+    `(hidden_states, res_samples)` has a tuple second."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and (value[0] is None or isinstance(value[0], torch.Tensor))
+        and isinstance(value[1], torch.Tensor)
+    )
 
 
 def _sizes_at(size: int, level: int) -> set[int]:

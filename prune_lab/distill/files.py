@@ -1,7 +1,7 @@
 """What `distill` reads and writes besides the data: the student folder, checkpoints, the loss log, the export.
 
-The student folder is what `prunelab apply` wrote (`unet/`, `plan.json`, `unit_map.json`, and the other pipeline
-parts when the teacher was a pipeline). The distilled student is written back in exactly that format.
+The student folder is what `prunelab apply` wrote (`unet/` or `transformer/`, `plan.json`, `unit_map.json`, and the
+other pipeline parts when the teacher was a pipeline). The distilled student is written back in exactly that format.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..formats import PRUNED_MARKER, WEIGHTS_NAME, WIDTH_FORMAT, export_format, 
 from ..formats.card import CARD_NAME, read_card, write_card
 from ..plan import Plan, fingerprint
 from ..runtime.atomic import write_json
+from ..runtime.loading import DENOISERS
 from ..runtime.validate import read_json
 
 CHECKPOINTS_DIR, CHECKPOINT_PREFIX = "checkpoints", "checkpoint-"
@@ -32,10 +33,11 @@ class StudentBundle:
     """A student loaded from an `apply` folder, checked against its teacher.
 
     Attributes:
-        unet: the student U-Net (fp32, eval mode).
+        unet: the student U-Net or transformer (fp32, eval mode).
         plan / resolution: its plan, resolved against the teacher's graph.
         unit_map: student module path -> teacher module path (`unit_map.json`).
         folder: the `apply` output folder.
+        subfolder: the student's folder in it, `unet` or `transformer`.
     """
 
     unet: nn.Module
@@ -43,11 +45,12 @@ class StudentBundle:
     resolution: object  # the backbone's resolution of the plan
     unit_map: dict[str, str]
     folder: Path
+    subfolder: str = "unet"
 
     @property
     def compact_format(self) -> bool:
-        """True when `apply` wrote compact weights + plan (not a plain diffusers U-Net)."""
-        return (self.folder / "unet" / PRUNED_MARKER).exists()
+        """True when `apply` wrote compact weights + plan (not a plain diffusers model)."""
+        return (self.folder / self.subfolder / PRUNED_MARKER).exists()
 
 
 def _check_family(plan: Plan, teacher: nn.Module, folder: Path) -> None:
@@ -80,13 +83,14 @@ def load_student(folder, teacher: nn.Module) -> StudentBundle:
         ValueError: the student comes from another architecture, or its weights disagree with its plan.
     """
     folder = Path(folder)
-    for name in ("plan.json", "unit_map.json", "unet"):
+    sub = next((d for d in DENOISERS if (folder / d).exists()), DENOISERS[0])
+    for name in ("plan.json", "unit_map.json", sub):
         if not (folder / name).exists():
             raise FileNotFoundError(
                 f"{folder} is not a `prunelab apply` output (no {name}); export the student "
                 "with `prunelab apply --model TEACHER --keep PLAN --out DIR`"
             )
-    unet_dir = folder / "unet"
+    unet_dir = folder / sub
     if not unet_dir.is_dir() or not any(p.suffix in (".safetensors", ".bin") for p in unet_dir.iterdir()):
         raise FileNotFoundError(
             f"--student {folder}: {unet_dir} holds no weights file (*.safetensors); re-export the student with "
@@ -99,7 +103,7 @@ def load_student(folder, teacher: nn.Module) -> StudentBundle:
     if export_format(folder) != WIDTH_FORMAT:  # a width student keeps every block, at narrower recorded widths
         _check_shapes(unet, teacher, plan, folder)
     umap = read_unit_map(folder / "unit_map.json")
-    return StudentBundle(unet.float().eval(), plan, resolution, umap, folder)
+    return StudentBundle(unet.float().eval(), plan, resolution, umap, folder, sub)
 
 
 def read_unit_map(path: Path) -> dict[str, str]:
@@ -122,7 +126,8 @@ def _pipeline_parts(root: Path) -> list[str]:
     index = root / "model_index.json"
     if not index.exists():
         return []
-    parts = [k for k, v in json.loads(index.read_text()).items() if isinstance(v, list) and v[0] and k != "unet"]
+    index = json.loads(index.read_text())
+    parts = [k for k, v in index.items() if isinstance(v, list) and v[0] and k not in DENOISERS]
     return ["model_index.json"] + [p for p in parts if (root / p).exists()]
 
 
@@ -132,7 +137,7 @@ def _write_unet(unet: nn.Module, bundle: StudentBundle, unet_dir: Path) -> None:
         return
     unet_dir.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}, str(unet_dir / WEIGHTS_NAME))
-    shutil.copy2(bundle.folder / "unet" / PRUNED_MARKER, unet_dir / PRUNED_MARKER)
+    shutil.copy2(bundle.folder / bundle.subfolder / PRUNED_MARKER, unet_dir / PRUNED_MARKER)
 
 
 def retraining_recipe(cfg, steps: int, data_size: int) -> dict:
@@ -167,7 +172,7 @@ def export_student(
     tmp = out_dir / ".export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _write_unet(unet, bundle, tmp / "unet")
+    _write_unet(unet, bundle, tmp / bundle.subfolder)
     for name in ("plan.json", "unit_map.json"):
         shutil.copy2(bundle.folder / name, tmp / name)
     source = bundle.folder if _pipeline_parts(bundle.folder) else teacher_root

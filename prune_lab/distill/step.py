@@ -1,9 +1,11 @@
 """One distillation micro-step, independent of accelerate (the recipe and the benchmarks share it).
 
-Per micro-step (BK-SDM §3.2): draw z_0 from the VAE posterior, noise it to z_t at a uniform timestep, run the frozen
-teacher without gradients and the student, and evaluate :class:`~prune_lab.distill.losses.DistillationLoss` on the
-outputs and on the feature pairs. Every random number comes from a generator seeded by (seed, micro-step, process),
-so the same step draws the same noise whether or not the run was interrupted and resumed.
+Per micro-step (BK-SDM §3.2): draw z_0 from the VAE posterior, noise it to z_t at a timestep drawn as the model's
+scheduler defines training (:func:`prune_lab.runtime.schedule.noised`: DDPM's uniform t, or flow matching's σ), run
+the frozen teacher without gradients and the student through their class's call
+(:func:`~prune_lab.distill.encoders.model_call`), and evaluate :class:`~prune_lab.distill.losses.DistillationLoss`
+on the outputs and on the feature pairs. Every random number comes from a generator seeded by (seed, micro-step,
+process), so the same step draws the same noise whether or not the run was interrupted and resumed.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from ..runtime.schedule import training_target
-from .encoders import FrozenEncoders, unet_kwargs
+from ..runtime.schedule import TimestepSampling, noised
+from .encoders import FrozenEncoders, model_call
 from .features import FeaturePair, FeatureTap
 from .losses import DistillationLoss, LossTerms
 
@@ -35,16 +37,17 @@ class DistillStep:
     """Teacher/student forward passes and the KD loss for one batch.
 
     Args:
-        teacher: the frozen teacher U-Net (its dtype is the mixed-precision dtype).
+        teacher: the frozen teacher U-Net or transformer (its dtype is the mixed-precision dtype).
         student: the student as called for training (possibly DDP-wrapped).
         encoders: turns batches into latents and conditioning.
-        scheduler: the training noise scheduler (`add_noise`, `prediction_type`, `num_train_timesteps`).
+        scheduler: the training noise scheduler (:func:`~prune_lab.runtime.schedule.noise_scheduler`).
         loss: the objective.
         pairs: feature pairs; hooks go on `teacher` and on `unwrapped_student`.
         unwrapped_student: the plain module inside `student` (defaults to `student`).
         autocast: context factory for the teacher's forward (accelerate's autocast under mixed precision).
         project: maps the student features to the teacher's widths before the loss (width-pruned students,
             :class:`~prune_lab.distill.projection.FeatureProjections`); None compares them as they are.
+        sampling: how flow-matching timesteps are drawn (None: uniform; DDPM schedules ignore it).
     """
 
     def __init__(
@@ -59,9 +62,11 @@ class DistillStep:
         unwrapped_student: nn.Module | None = None,
         autocast: Callable = nullcontext,
         project: Callable | None = None,
+        sampling: TimestepSampling | None = None,
     ) -> None:
         self.teacher, self.student, self.encoders, self.scheduler = teacher, student, encoders, scheduler
-        self.loss, self.project = loss, project
+        self.loss, self.project, self.sampling = loss, project, sampling or TimestepSampling()
+        self.teacher_call, self.student_call = model_call(teacher), model_call(unwrapped_student or student)
         self.pairs, self.autocast = list(pairs), autocast
         self.teacher_tap = FeatureTap(teacher, [p.teacher for p in self.pairs])
         self.student_tap = FeatureTap(unwrapped_student or student, [p.student for p in self.pairs])
@@ -70,20 +75,17 @@ class DistillStep:
         """(z_t, t, target, conditioning) for `batch`, drawn from `generator`."""
         latents = self.encoders.latents(batch, generator)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        steps = self.scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        target = training_target(self.scheduler, latents, noise, timesteps)
+        noisy, timesteps, target = noised(self.scheduler, latents, noise, generator, self.sampling)
         return noisy, timesteps, target, self.encoders.condition(batch)
 
     def __call__(self, batch: dict, generator: torch.Generator) -> LossTerms:
         noisy, timesteps, target, cond = self.noisy_inputs(batch, generator)
         dtype = self.teacher.dtype
         with torch.no_grad(), self.autocast(), self.teacher_tap.capturing():
-            teacher_out = self.teacher(noisy.to(dtype), timesteps, **unet_kwargs(_cast(cond, dtype))).sample
+            teacher_out = self.teacher_call(self.teacher, noisy.to(dtype), timesteps, _cast(cond, dtype))
             teacher_features = self.teacher_tap.collect()
         with self.student_tap.capturing():
-            student_out = self.student(noisy, timesteps, **unet_kwargs(_cast(cond, torch.float32))).sample
+            student_out = self.student_call(self.student, noisy, timesteps, _cast(cond, torch.float32))
             student_features = self.student_tap.collect()
         if self.project is not None:
             student_features = self.project(student_features)

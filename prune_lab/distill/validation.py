@@ -26,10 +26,13 @@ class ValidationSampler:
     def _pipeline(self):
         from diffusers import DiffusionPipeline
 
+        from ..runtime.loading import denoiser_name
+
         root: Path = self.recipe.pipeline_root
         index = json.loads((root / "model_index.json").read_text())
         extra = {k: None for k in ("safety_checker", "feature_extractor", "image_encoder") if k in index}
-        pipe = DiffusionPipeline.from_pretrained(root, unet=self.recipe.unwrapped, **extra)
+        extra[denoiser_name(index)] = self.recipe.unwrapped  # the student as the pipeline's U-Net or transformer
+        pipe = DiffusionPipeline.from_pretrained(root, **extra)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.recipe.accelerator.device)
 

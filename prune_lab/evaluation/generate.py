@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import pipelines
 from ..runtime import samplers
 from ..runtime.atomic import atomic_path, write_json
-from ..runtime.generation import check_resolution, sample
+from ..runtime.generation import check_resolution, native_side, sample
 from ..runtime.validate import read_json
 from .images import image_name
 
@@ -94,7 +94,7 @@ def _require_text_to_image(pipe: DiffusionPipeline, model) -> None:
     if "prompt" not in inspect.signature(type(pipe).__call__).parameters:
         raise ValueError(
             f"--model {model} is a {type(pipe).__name__}, which takes no prompt; prunelab generate needs a "
-            "text-to-image pipeline (e.g. StableDiffusionPipeline, StableDiffusionXLPipeline)"
+            "text-to-image pipeline (e.g. StableDiffusionPipeline, StableDiffusionXLPipeline, FluxPipeline)"
         )
 
 
@@ -122,8 +122,9 @@ def load_pipeline(
 
 
 def native_resolution(pipe: DiffusionPipeline) -> int:
-    """The image side a pipeline generates by default (U-Net sample size times the VAE scale factor)."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    """The image side a pipeline generates by default (U-Net or transformer sample size times the VAE scale
+    factor; :func:`prune_lab.runtime.generation.native_side`)."""
+    return native_side(pipe)
 
 
 def check_resume(out_dir: str | os.PathLike, settings: dict) -> None:

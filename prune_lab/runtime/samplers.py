@@ -10,6 +10,11 @@ only when a sampler is built.
 | `ddim`  | `DDIMScheduler`                | none                  | deterministic (eta 0)                       |
 | `euler` | `EulerDiscreteScheduler`       | none                  | no churn: adds no noise after the first step |
 | `dpm`   | `DPMSolverMultistepScheduler`  | none                  | DPM-Solver++ (the class default algorithm)  |
+| `flow-euler` | `FlowMatchEulerDiscreteScheduler` | none           | flow matching (SD3, Flux): their own sampler |
+
+A `FlowMatchEulerDiscreteScheduler` config (SD3, Flux) takes `flow-euler` only, and `flow-euler` takes only such a
+config: the flow pipelines pass sigmas (and Flux its shift μ) that the DDPM samplers cannot take. Sana's DPM-Solver
+on flow sigmas takes `dpm`.
 
 Every sampler is built with `from_config(pipeline scheduler config, **overrides)`, so the noise schedule (betas,
 steps, prediction type) is the pipeline's own. A config that already names another `algorithm_type` for `dpm`
@@ -30,6 +35,9 @@ from dataclasses import dataclass, field
 
 from .registry import Registry
 
+#: The scheduler class of flow-matching pipelines (SD3, Flux).
+FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
+
 
 @dataclass(frozen=True)
 class SamplerSpec:
@@ -47,6 +55,11 @@ class SamplerSpec:
     description: str = ""
     min_steps: int = 1
 
+    @property
+    def flow(self) -> bool:
+        """Whether it samples flow-matching pipelines (SD3, Flux) rather than DDPM ones."""
+        return self.class_name == FLOW_SCHEDULER
+
     def scheduler_class(self) -> type:
         """The diffusers scheduler class (imports diffusers)."""
         import diffusers
@@ -54,7 +67,16 @@ class SamplerSpec:
         return getattr(diffusers, self.class_name)
 
     def build(self, config, *, config_only: bool = False):
-        """The scheduler built from `config` (a scheduler config), with this entry's overrides unless `config_only`."""
+        """The scheduler built from `config` (a scheduler config), with this entry's overrides unless `config_only`.
+
+        Raises:
+            ValueError: a flow-matching sampler for a DDPM config, or the other way round.
+        """
+        flow_config = config.get("_class_name") == FLOW_SCHEDULER
+        if flow_config != self.flow:
+            kind = "a flow-matching" if flow_config else f"a {config.get('_class_name', 'DDPM-style')}"
+            fix = "flow-euler" if flow_config else "pndm, ddim, euler or dpm"
+            raise ValueError(f"sampler {self.class_name} cannot sample {kind} pipeline; use {fix}")
         return self.scheduler_class().from_config(config, **({} if config_only else self.overrides))
 
 
@@ -67,6 +89,10 @@ SAMPLERS.register("ddim", SamplerSpec("DDIMScheduler", description="DDIM (Song e
 SAMPLERS.register("euler", SamplerSpec("EulerDiscreteScheduler", description="Euler (Karras et al., 2022), no churn"))
 SAMPLERS.register(
     "dpm", SamplerSpec("DPMSolverMultistepScheduler", description="DPM-Solver++ multistep (Lu et al., 2022)")
+)
+
+SAMPLERS.register(
+    "flow-euler", SamplerSpec(FLOW_SCHEDULER, description="flow-matching Euler (Esser et al., 2024): SD3, Flux")
 )
 
 
