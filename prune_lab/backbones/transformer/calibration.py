@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from ...runtime.schedule import training_target
+from ...runtime.schedule import noise_scheduler, training_target
 from .spec import TEXT_TOKENS, Family, family_of
 
 #: Flux-dev's default guidance scale (the guidance embedding of guidance-distilled models).
@@ -164,6 +164,7 @@ def _noisy(family: Family, scheduler, x0, noise, generator):
     """(x_t, the model's timestep, target) under the family's objective (module docstring)."""
     n = x0.shape[0]
     if family.objective == "ddpm":
+        scheduler = scheduler or noise_scheduler()
         t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator)
         return scheduler.add_noise(x0, noise, t), t, training_target(scheduler, x0, noise, t)
     sigma = torch.rand(n, generator=generator)
@@ -188,7 +189,7 @@ def calibration_batches(
     conditioning (:func:`random_conditioning`).
 
     Args:
-        scheduler: the DDPM noise schedule of `ddpm` families (unused by `flow` ones).
+        scheduler: the DDPM noise schedule of `ddpm` families (default SD's; unused by `flow` ones).
         tokens: text tokens of random conditioning (default: the family's, :data:`~.spec.TEXT_TOKENS`).
     """
     family, g = family_of(model), torch.Generator().manual_seed(seed)
