@@ -41,7 +41,7 @@ def test_every_criterion_scores_every_block_and_skip(quick_run):
     scores = read_scores(folder / "scores.csv")
     graph = walk(load_unet("demo", meta=True).unet)
     expected = {u.name for u in graph.of_kind("resnet", "attention", "skip")}
-    assert sorted(scores["criterion"].unique()) == list_criteria()
+    assert sorted(scores["criterion"].unique()) == list_criteria("unet")
     for criterion, part in scores.groupby("criterion"):
         assert sorted(part["name"]) == sorted(expected), criterion
         assert part["importance"].map(math.isfinite).all()

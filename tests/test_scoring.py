@@ -29,7 +29,7 @@ from prune_lab.scoring import (
 from prune_lab.scoring.groups import ScoreUnit
 from prune_lab.scoring.results import build_table
 
-DATA_CRITERIA = [c for c in list_criteria() if get_criterion(c).needs in ((), ("batches",))]
+DATA_CRITERIA = [c for c in list_criteria("unet") if get_criterion(c).needs in ((), ("batches",))]
 
 
 def _inputs(unet, samples: int = 2, timesteps: int = 1, batch_size: int = 2, **options) -> ScoringInputs:
@@ -125,7 +125,7 @@ def test_listing_criteria_imports_no_criterion_module():
         "print(names, [m for m in ('torch', 'prune_lab.scoring.taylor') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "['ablation', 'clip', 'magnitude', 'taylor'] []", done.stderr
+    assert done.stdout.strip() == "['ablation', 'clip', 'magnitude', 'similarity', 'taylor'] []", done.stderr
 
 
 def test_groupings_on_the_sd_topology(sd_unet):

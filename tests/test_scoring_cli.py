@@ -79,7 +79,7 @@ def _score(pipe_dir, out, criterion, prompts, *extra) -> int:
     return main(argv)
 
 
-@pytest.mark.parametrize("criterion", list_criteria())
+@pytest.mark.parametrize("criterion", list_criteria("unet"))
 def test_every_criterion_runs_end_to_end(tiny_pipeline_dir, tmp_path, prompts, tiny_clip, criterion, capsys):
     out = tmp_path / "scores.csv"
     assert _score(tiny_pipeline_dir, out, criterion, prompts, "--only", *UNITS, *_clip_args(tiny_clip)) == 0

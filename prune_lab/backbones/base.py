@@ -110,6 +110,12 @@ class Backbone:
             weights by :meth:`build`.
         unit_kinds: every unit kind the walker makes; groupings: `--units` granularities (:meth:`score_groups`);
             feature_scopes: `--feature-layers` scopes (:meth:`feature_pairs`).
+        capabilities: what criteria may rely on (a criterion's `requires`): `generation` (images through the
+            model's own pipeline, with units taken out), `block_streams` (blocks map a residual stream to one of
+            the same shape, so a block's input and output compare).
+        calibration: where scoring's calibration batches come from: `latent` (the latent-diffusion sets of
+            :mod:`prune_lab.scoring.calibration`: VAE latents, one text encoder, caches) or `own`
+            (:meth:`calibration_batches`).
     """
 
     name: str = ""
@@ -119,6 +125,8 @@ class Backbone:
     unit_kinds: tuple[str, ...] = ()
     groupings: tuple[str, ...] = ()
     feature_scopes: tuple[str, ...] = ()
+    capabilities: frozenset[str] = frozenset()
+    calibration: str = "latent"
 
     # ------------------------------------------------------------------------------------------ what exists
     def walk(self, model) -> Graph:
@@ -163,8 +171,25 @@ class Backbone:
 
     # ----------------------------------------------------------------------------------------- running it
     def staged(self, model):
-        """A resumable step-by-step forward (prefix caching for output ablation), or None if not supported."""
+        """A resumable step-by-step forward (prefix caching for output ablation), or None if not supported.
+
+        It has `prepare(**inputs) -> (context, state)`, `run(context, state, start=0, cache=None) -> output` (with
+        `cache`, the state before every step is appended to it) and `restart_index(graph, members) -> step`."""
         return None
+
+    def calibration_batches(self, model, **settings) -> list:
+        """`[(model(**kwargs) keyword arguments, target)]` of calibration batches drawn for `model` (settings:
+        `samples`, `timesteps`, `batch_size`, `seed`, `conditioning` from :meth:`encode_prompts` or None for random,
+        `scheduler`), for a backbone whose :attr:`calibration` is `own`."""
+        raise NotImplementedError
+
+    def encode_prompts(self, pipe, prompts: list[str], batch_size: int = 8) -> dict:
+        """Conditioning tensors of `prompts` through the pipeline's own encoders (for :meth:`calibration_batches`)."""
+        raise NotImplementedError
+
+    def image_stream(self, model, module: str) -> int:
+        """Where the image stream is in the tuple output of `module` (0 unless a family returns several streams)."""
+        return 0
 
     def latent_size(self, model) -> int:
         """The latent side one step is counted at by default (the config's `sample_size`)."""

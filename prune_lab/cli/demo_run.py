@@ -53,8 +53,10 @@ def _config(args: argparse.Namespace):
         parse_budget(config.budget)  # a bad budget fails before any work
     except ValueError as e:
         raise ValueError(f"--budget {config.budget!r} is not a budget ({e})") from None
-    if config.plan_criterion not in list_criteria():
-        raise ValueError(f"unknown --criterion {config.plan_criterion!r}; choose from: {', '.join(list_criteria())}")
+    if config.plan_criterion not in list_criteria("unet"):
+        raise ValueError(
+            f"unknown --criterion {config.plan_criterion!r}; choose from: {', '.join(list_criteria('unet'))}"
+        )
     for name in ("distill_steps", "eval_samples"):
         if getattr(config, name) < (2 if name == "eval_samples" else 1):
             raise ValueError(f"--{name.replace('_', '-')} is too small: {getattr(config, name)}")

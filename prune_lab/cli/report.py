@@ -14,12 +14,6 @@ from .types import device, non_negative_int, positive_int
 if TYPE_CHECKING:
     import pandas as pd
 
-_CONVENTION = (
-    "thop convention: zero inputs, batch 1, latent = resolution / {factor} ({latent}x{latent}), 77 text "
-    "tokens, one denoising step; whole = text encoder + U-Net x {steps} + VAE decoder; "
-    "*_with_attention adds the attention-score matmuls thop does not count"
-)
-
 
 def _latency_settings(args: argparse.Namespace):
     from ..report import LatencySettings
@@ -103,7 +97,7 @@ def _print_text(reports: list, args: argparse.Namespace) -> None:
 
     first = reports[0]
     if args.format == "table":
-        print(_CONVENTION.format(factor=first.resolution // first.latent, latent=first.latent, steps=first.steps))
+        print(first.convention())
     frame = comparison_frame(reports)
     print(render(frame if args.format == "csv" else paper_view(frame), args.format))
     if args.per_unit:

@@ -87,6 +87,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             "criteria",
             file=note,
         )
+        if run.calibration:
+            print(f"calibration: {run.calibration}", file=note)
     return 0
 
 

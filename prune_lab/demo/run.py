@@ -69,7 +69,7 @@ def _scoring_inputs(job: Job, data: Path):
     }
     return build_scoring_inputs(
         load_unet(MODEL),
-        list_criteria(),
+        list_criteria("unet"),
         calibration=CalibrationSource(folder=data, samples=c.calib_samples, seed=c.seed, batch_size=c.score_batch),
         timesteps=c.timesteps,
         prompts=[s.caption for s in World(c.seed).scenes("heldout", 0, c.clip_prompts)],
@@ -91,13 +91,13 @@ def score(job: Job, data: Path) -> pd.DataFrame:
         macs = unit_macs(inputs.unet, inputs.graph)
         settings = {"model": MODEL, **asdict(job.config)}
         tables = []
-        for criterion in list_criteria():
+        for criterion in list_criteria("unet"):
             part = job.path("scores", f"{criterion}.csv")
             if not part.exists():
                 sweep = dict(settings=settings, resume=True, macs=macs, progress=job.progress)
                 run_sweep(inputs, units, [criterion], part, **sweep)
             tables.append(read_scores(part))
-        write_scores(pd.concat(tables, ignore_index=True), path, {"criteria": list_criteria(), **settings})
+        write_scores(pd.concat(tables, ignore_index=True), path, {"criteria": list_criteria("unet"), **settings})
 
     job.once("score", [path], compute, inputs=[data])
     return read_scores(path)

@@ -49,30 +49,17 @@ def feature_pairs(
 
 
 # --------------------------------------------------------------------------------------------------- hooks
-def first_tensor(value) -> torch.Tensor:
-    """The hidden states in a module's output: the tensor itself, a tuple's first item, or `.sample`; for the
-    two-stream blocks of MMDiT / Flux, whose output is `(encoder_hidden_states, hidden_states)` (SD3's
-    `context_pre_only` last block: `(None, hidden_states)`), the image stream `hidden_states`."""
+def first_tensor(value, index: int = 0) -> torch.Tensor:
+    """The hidden states in a module's output: the tensor itself, a tuple's item `index` (the image stream the
+    backbone names, :meth:`~prune_lab.backbones.Backbone.image_stream`: SD3 / Flux blocks return `(context, image)`),
+    or `.sample`."""
     if isinstance(value, torch.Tensor):
         return value
-    if _two_streams(value):
-        return value[1]
     if isinstance(value, (tuple, list)):
-        return first_tensor(value[0])
+        return first_tensor(value[index])
     if hasattr(value, "sample"):
         return value.sample
     raise TypeError(f"cannot find a tensor in a {type(value).__name__}")
-
-
-def _two_streams(value) -> bool:
-    """A `(text, image)` pair of stream tensors (the text one None after SD3's last block); a U-Net block's
-    `(hidden_states, res_samples)` has a tuple second."""
-    return (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and (value[0] is None or isinstance(value[0], torch.Tensor))
-        and isinstance(value[1], torch.Tensor)
-    )
 
 
 def _sizes_at(size: int, level: int) -> set[int]:
@@ -113,7 +100,8 @@ class FeatureTap:
             )
         if point.at == "input":
             return module.register_forward_pre_hook(partial(self._store_input, point), with_kwargs=True)
-        return module.register_forward_hook(partial(self._store_output, point))
+        stream = backbone_for(model).image_stream(model, point.module)
+        return module.register_forward_hook(partial(self._store_output, point, stream))
 
     def _store_input_size(self, module, args, kwargs) -> None:
         sample = args[0] if args else kwargs.get("sample")
@@ -124,9 +112,9 @@ class FeatureTap:
         if self._active:
             self._values[point] = args[0] if args else kwargs["hidden_states"]
 
-    def _store_output(self, point: FeaturePoint, module, args, output) -> None:
+    def _store_output(self, point: FeaturePoint, stream: int, module, args, output) -> None:
         if self._active:
-            self._values[point] = first_tensor(output)
+            self._values[point] = first_tensor(output, stream)
 
     @contextmanager
     def capturing(self) -> Iterator[FeatureTap]:

@@ -51,6 +51,8 @@ class Report:
         expressible: for plans, whether the student is a plain diffusers config.
         units: per-unit table (:func:`prune_lab.report.unit_table`) when asked for.
         latency: timings when asked for.
+        backbone: the model's folder name in a pipeline (`unet`, `transformer`): what one step runs.
+        text_tokens: text tower role -> the text length it runs at (77 for CLIP; T5 / Gemma: the pipeline's).
     """
 
     model: str
@@ -63,6 +65,20 @@ class Report:
     expressible: bool | None = None
     units: pd.DataFrame | None = field(default=None, repr=False)
     latency: Latency | None = None
+    backbone: str = "unet"
+    text_tokens: dict[str, int] = field(default_factory=dict)
+
+    def convention(self) -> str:
+        """One line saying how the numbers were counted (the CLI prints it above the table)."""
+        text = ", ".join(f"{role} {n}" for role, n in self.text_tokens.items()) or "none"
+        step = "77 text tokens" if self.backbone == "unet" else f"text tokens {text}"
+        towers = "text encoder(s)" if self.text_tokens or self.backbone == "unet" else "no text encoder"
+        name = "U-Net" if self.backbone == "unet" else self.backbone
+        return (
+            f"thop convention: zero inputs, batch 1, latent = resolution / {self.resolution // self.latent} "
+            f"({self.latent}x{self.latent}), {step}, one denoising step; whole = {towers} + {name} x {self.steps} + "
+            "VAE decoder; *_with_attention adds the attention-score matmuls thop does not count"
+        )
 
     def _sum(self, roles, attr: str) -> int | None:
         present = [getattr(self.components[r], attr) for r in roles if r in self.components]
@@ -233,6 +249,8 @@ def report(
         components = profile_components(specs, latent)
     name = variant or (plan.meta.get("preset", "plan") if plan is not None else BASE)
     result = Report(loaded.source, name, resolution, latent, steps, profile, components, expressible)
+    result.backbone = backbone_for(unet).subfolder
+    result.text_tokens = {spec.role: spec.tokens for spec in specs if spec.role in TEXT_ROLES}
     if per_unit:
         result.units = unit_table(walk(unet), profile)
     if latency is not None:
@@ -280,7 +298,8 @@ METRICS = (
 
 
 def comparison_frame(reports: list[Report]) -> pd.DataFrame:
-    """One row per report, scaled columns (`*_M`, `*_G`) and `*_change_pct` against the first report."""
+    """One row per report, scaled columns (`*_M`, `*_G`, the backbone's named by its folder: `unet_params_M`,
+    `transformer_params_M`) and `*_change_pct` against the first report."""
     rows = []
     first = reports[0].to_dict()
     for r in reports:
@@ -297,4 +316,5 @@ def comparison_frame(reports: list[Report]) -> pd.DataFrame:
             change = 100 * (d["latency_median_ms"] - first["latency_median_ms"]) / first["latency_median_ms"]
             row["latency_median_ms_change_pct"] = round(change, 1)
         rows.append(row)
-    return pd.DataFrame(rows)
+    prefix = f"{reports[0].backbone}_"  # the backbone's own name: `transformer_params_M`
+    return pd.DataFrame(rows).rename(columns=lambda c: prefix + c[5:] if c.startswith("unet_") else c)

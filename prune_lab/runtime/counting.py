@@ -137,7 +137,7 @@ class _OnMeta(nn.Module):
         self.state = {f"module.{name}": _meta_like(t) for name, t in _tensors(call.module)}
 
     def forward(self, *args):
-        return torch.func.functional_call(self.call, self.state, args, strict=False)
+        return torch.func.functional_call(self.call, self.state, args, strict=False, tie_weights=False)
 
 
 def _tensors(module: nn.Module):

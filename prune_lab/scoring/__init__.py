@@ -1,9 +1,10 @@
-"""Sensitivity scoring: how much each U-Net unit matters, by registered criteria.
+"""Sensitivity scoring: how much each unit matters, by registered criteria.
 
 * what is scored: :func:`score_units` at a `--units` granularity (the backbone's, see
   :func:`prune_lab.backbones.granularities`) -> :class:`ScoreUnit`;
 * with what: :func:`register_criterion` / :func:`list_criteria` / :func:`get_criterion` (`magnitude`, `taylor`,
-  `ablation`, `clip`), all following the contract in :mod:`prune_lab.scoring.registry`, each with typed options
+  `ablation`, `clip`, `similarity`; each applies to the backbones with the capabilities it requires), all following
+  the contract in :mod:`prune_lab.scoring.registry`, each with typed options
   (:mod:`prune_lab.scoring.options`, built from flat settings by :func:`criterion_options`);
 * on what data: :mod:`prune_lab.scoring.calibration` (image-text folders, prompts, caches, synthetic), chosen by
   :func:`calibrate` from a :class:`CalibrationSource`; :func:`build_scoring_inputs` assembles everything;

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ..backbones import backbone_for, taken_out
+from .calibration import regressed
 from .groups import ScoreUnit
 from .options import AblationOptions
 from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion
@@ -72,8 +73,9 @@ def ablation(inputs: ScoringInputs) -> UnitScorer:
     E‖ε_pruned − ε_full‖² divided by the latent size. `loss_increase` records the rise of the denoising loss against
     the true target. Higher = more important; `importance` equals the raw score.
 
-    With `prefix_cache` (default True, for `UNet2DConditionModel`) the unpruned forward's states are cached once,
-    and each unit's run restarts at the first step it touches: equal to the naive ablation, cheaper.
+    With `prefix_cache` (default True, for `UNet2DConditionModel` and the transformers) the unpruned forward's
+    states are cached once, and each unit's run restarts at the first step it touches (a transformer's: the cached
+    input of its block): equal to the naive ablation, cheaper.
     """
     unet, graph = inputs.unet, inputs.graph
     options = inputs.options_for(AblationOptions)
@@ -87,8 +89,8 @@ def ablation(inputs: ScoringInputs) -> UnitScorer:
         with torch.no_grad(), taken_out(unet, unit.members, skip_mode=skip_mode, graph=graph):
             for pruned, full, target in runs(unit):
                 out_sq += float(_mse(pruned, full))
-                loss_p += float(_mse(pruned, target))
-                loss_f += float(_mse(full, target))
+                loss_p += float(_mse(regressed(pruned, target), target))
+                loss_f += float(_mse(regressed(full, target), target))
                 count += pruned.shape[0]
         raw = out_sq / count
         return UnitScore(raw, raw, {"loss_increase": (loss_p - loss_f) / count})

@@ -54,16 +54,25 @@ class Calibration:
 
 @dataclass
 class DenoisingBatch:
-    """One batch of U-Net inputs (`sample`, `timestep`, `encoder_hidden_states` [, `added_cond_kwargs`]) + target."""
+    """One batch of model inputs (`model(**inputs)`: a U-Net's `sample`, `timestep`, `encoder_hidden_states`
+    [, `added_cond_kwargs`], or a transformer's family keywords) + target."""
 
     inputs: dict
     target: torch.Tensor
 
     def to(self, device: torch.device | str) -> DenoisingBatch:
         def move(v):
-            return {k: move(x) for k, x in v.items()} if isinstance(v, dict) else v.to(device)
+            if isinstance(v, dict):
+                return {k: move(x) for k, x in v.items()}
+            return v.to(device) if isinstance(v, torch.Tensor) else v
 
         return DenoisingBatch(move(self.inputs), self.target.to(device))
+
+
+def regressed(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The part of a model output that regresses `target`: all of it, or the first `target.shape[1]` channels of a
+    learned-variance output (DiT, PixArt: ε, then the variance, on the channel axis)."""
+    return output if output.shape == target.shape else output[:, : target.shape[1]]
 
 
 def load_pipeline(loaded, device: torch.device | str | None = None):

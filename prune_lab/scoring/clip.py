@@ -24,6 +24,7 @@ def _save(images: list, folder: Path) -> None:
     "clip",
     metric="clip_score",
     needs=("pipeline",),
+    requires=("generation",),
     description="BK-SDM Fig 5: CLIP score of images generated without the unit (drop = importance)",
     options=ClipOptions,
 )

@@ -19,6 +19,7 @@ from ..runtime.readers import check_images, read_image_text, read_prompt_lines
 from ..runtime.schedule import noise_scheduler
 from .calibration import (
     Calibration,
+    DenoisingBatch,
     calibration_from_folder,
     calibration_from_prompts,
     denoising_batches,
@@ -132,6 +133,51 @@ def calibrate(
     return calib, noise_scheduler(pipeline if pipeline is not None else loaded.root)
 
 
+def check_own_source(backbone, source: CalibrationSource) -> None:
+    """Refuse the sources :func:`own_batches` does not read (image folders, caches), before anything is read."""
+    if source.kind in ("cache", "folder"):
+        flag = "--calib-cache" if source.kind == "cache" else "--calib-dir"
+        raise ValueError(
+            f"{flag} is not read for {backbone.name} models yet: pass --prompts FILE with a pipeline folder, or "
+            "--synthetic (or nothing) for the backbone's example inputs"
+        )
+
+
+def own_batches(loaded, source: CalibrationSource, *, pipeline=None, rows=None, timesteps: int = 2):
+    """Calibration of a backbone that draws its own (:attr:`~prune_lab.backbones.Backbone.calibration` `own`: the
+    transformers): Gaussian latents of the model's size, with the text of `--prompts` through the pipeline's own
+    `encode_prompt`, else random text states shaped as the backbone's example inputs.
+
+    Returns:
+        `(batches, where)`: the denoising batches and what they are (recorded with the scores, shown by the CLI).
+
+    Raises:
+        ValueError: an image folder or a cache (not read for these backbones yet).
+    """
+    from ..backbones import backbone_for
+
+    model, backbone = loaded.unet, backbone_for(loaded.unet)
+    check_own_source(backbone, source)
+    rows = rows if rows is not None else read_source(source)
+    conditioning, samples = None, source.samples
+    where = (
+        f"synthetic:{samples} (random latents and text states shaped as the {backbone.name} backbone's example inputs)"
+    )
+    if source.kind == "prompts":
+        conditioning, samples = backbone.encode_prompts(pipeline, rows, source.batch_size), len(rows)
+        where = f"prompts:{samples} (text from the pipeline's encode_prompt, random latents)"
+    pairs = backbone.calibration_batches(
+        model,
+        samples=samples,
+        timesteps=timesteps,
+        batch_size=source.batch_size,
+        seed=source.seed,
+        conditioning=conditioning,
+        scheduler=noise_scheduler(pipeline if pipeline is not None else loaded.root),
+    )
+    return [DenoisingBatch(kwargs, target) for kwargs, target in pairs], where
+
+
 def _needs(criteria: Iterable[str]) -> set[str]:
     return {need for name in criteria for need in get_criterion(name).needs}
 
@@ -168,20 +214,25 @@ def build_scoring_inputs(
         ValueError: unknown criterion or option, missing calibration data, a model that is not a pipeline folder
             where one is needed.
     """
-    from ..backbones import walk
+    from ..backbones import backbone_for, walk
 
     if loaded is None and pipeline is None:
         raise ValueError("build_scoring_inputs needs the model (`loaded`) or its pipeline")
     unet = loaded.unet if loaded is not None else pipeline.unet
     needs, source = _needs(criteria), calibration or CalibrationSource()
     wants_batches = "batches" in needs and batches is None
+    own = backbone_for(unet).calibration == "own"
+    if wants_batches and own:
+        check_own_source(backbone_for(unet), source)
     rows = read_source(source) if wants_batches or "pipeline" in needs else None  # files fail before loading
     if prompts is None and "pipeline" in needs and source.prompts:
         prompts = rows if source.kind == "prompts" else read_prompt_lines(source.prompts)[: source.samples]
     if pipeline is None and ("pipeline" in needs or (wants_batches and source.needs_pipeline)):
         pipeline = load_pipeline(loaded, unet.device)
     where = None
-    if wants_batches:
+    if wants_batches and own:
+        batches, where = own_batches(loaded, source, pipeline=pipeline, rows=rows, timesteps=timesteps)
+    elif wants_batches:
         asking = [c for c in criteria if "batches" in get_criterion(c).needs]
         who = f"scoring with {' and '.join(asking)}"
         calib, scheduler = calibrate(loaded, source, pipeline=pipeline, needed_by=who, rows=rows)

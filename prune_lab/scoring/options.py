@@ -35,7 +35,7 @@ class AblationOptions(CriterionOptions):
     Attributes:
         skip_mode: what taking a skip out means: `zero` its channels or `drop` them.
         prefix_cache: cache the unpruned forward's states and restart each unit's run at its first step (equal to
-            the naive ablation, cheaper; `UNet2DConditionModel` only).
+            the naive ablation, cheaper; `UNet2DConditionModel` and the transformers).
     """
 
     skip_mode: str = "zero"

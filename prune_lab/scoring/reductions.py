@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..backbones.unet.graph import UNetGraph
-from ..backbones.unet.surgery import expand_removal
+from ..backbones import backbone_of
+from ..units import Graph
 from .groups import ScoreUnit
 
 
@@ -39,14 +39,14 @@ def _weight_layers(module: nn.Module, prefix: str) -> list[WeightSlice]:
     ]
 
 
-def unit_weights(unet: nn.Module, graph: UNetGraph, unit: ScoreUnit) -> list[WeightSlice]:
+def unit_weights(unet: nn.Module, graph: Graph, unit: ScoreUnit) -> list[WeightSlice]:
     """Every weight layer a unit owns: convolutions and linear layers (attention projections included).
 
     A group owns its members' layers; a skip owns the input columns its channels feed in the consumer's `conv1`
     and `conv_shortcut` (the weights that would go if the skip were dropped).
     """
     out: list[WeightSlice] = []
-    for name in expand_removal(graph, unit.members):
+    for name in backbone_of(graph).expand_removal(graph, unit.members):
         atom = graph[name]
         if atom.kind != "skip":
             out.extend(_weight_layers(unet.get_submodule(name), name))

@@ -41,6 +41,7 @@ BUILTIN_CRITERIA: dict[str, str] = {
     "ablation": ".ablation",
     "clip": ".clip",
     "magnitude": ".magnitude",
+    "similarity": ".similarity",
     "taylor": ".taylor",
 }
 
@@ -128,6 +129,8 @@ class Criterion:
         build: `build(inputs) -> scorer`, see the module docstring.
         description: one line, with the source it follows.
         options: the class of its settings (:class:`~prune_lab.scoring.options.CriterionOptions`: none).
+        requires: backbone capabilities it relies on (:attr:`prune_lab.backbones.Backbone.capabilities`, e.g.
+            `block_streams`, `generation`); it applies to the backbones that have all of them.
     """
 
     name: str
@@ -136,6 +139,11 @@ class Criterion:
     build: Callable[[ScoringInputs], UnitScorer]
     description: str
     options: type[CriterionOptions] = CriterionOptions
+    requires: tuple[str, ...] = ()
+
+    def applies_to(self, backbone) -> bool:
+        """Whether it can score units of `backbone` (a :class:`~prune_lab.backbones.Backbone`)."""
+        return set(self.requires) <= set(backbone.capabilities)
 
 
 _CRITERIA: dict[str, Criterion] = {}
@@ -148,8 +156,10 @@ def register_criterion(
     needs: Iterable[str] = (),
     description: str = "",
     options: type[CriterionOptions] = CriterionOptions,
+    requires: Iterable[str] = (),
 ):
-    """Decorator registering `build(inputs) -> scorer` as criterion `name`, with its options class."""
+    """Decorator registering `build(inputs) -> scorer` as criterion `name`, with its options class and the backbone
+    capabilities it `requires`."""
     needs = tuple(needs)
     unknown = set(needs) - set(NEEDS)
     if unknown:
@@ -159,7 +169,7 @@ def register_criterion(
 
     def wrap(build: Callable[[ScoringInputs], UnitScorer]):
         summary = description or (build.__doc__ or "").split("\n")[0]
-        _CRITERIA[name] = Criterion(name, metric, needs, build, summary, options)
+        _CRITERIA[name] = Criterion(name, metric, needs, build, summary, options, tuple(requires))
         return build
 
     return wrap
@@ -171,9 +181,29 @@ def _load(names: Iterable[str]) -> None:
             importlib.import_module(BUILTIN_CRITERIA[name], __package__)
 
 
-def list_criteria() -> list[str]:
-    """Registered criterion names, sorted (import-cheap: built-in modules are not imported)."""
-    return sorted({*BUILTIN_CRITERIA, *_CRITERIA})
+def list_criteria(backbone=None) -> list[str]:
+    """Registered criterion names, sorted; with a `backbone` (a :class:`~prune_lab.backbones.Backbone` or its
+    registry name), only those that apply to it. Import-cheap without one: built-in modules are not imported."""
+    names = sorted({*BUILTIN_CRITERIA, *_CRITERIA})
+    if backbone is None:
+        return names
+    if isinstance(backbone, str):
+        from ..backbones import get_backbone
+
+        backbone = get_backbone(backbone)
+    return [name for name in names if get_criterion(name).applies_to(backbone)]
+
+
+def check_applicable(names: Iterable[str], backbone) -> None:
+    """Raise a ValueError naming the first of `names` that does not apply to `backbone`, and those that do."""
+    for name in names:
+        criterion = get_criterion(name)
+        if not criterion.applies_to(backbone):
+            lacking = sorted(set(criterion.requires) - set(backbone.capabilities))
+            raise ValueError(
+                f"--criterion {name} does not apply to {backbone.name} models (it needs {', '.join(lacking)}); "
+                f"choose from: {', '.join(list_criteria(backbone))}"
+            )
 
 
 def get_criterion(name: str) -> Criterion:

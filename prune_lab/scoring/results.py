@@ -146,7 +146,7 @@ def unit_macs(unet, graph=None) -> dict[str, int] | None:
         from ..report import profile_unet, unit_table
     except ImportError:
         return None
-    from ..backbones import walk
+    from ..backbones import backbone_for, walk
 
-    table = unit_table(graph or walk(unet), profile_unet(unet, unet.config.sample_size))
+    table = unit_table(graph or walk(unet), profile_unet(unet, backbone_for(unet).latent_size(unet)))
     return {name: int(macs) for name, macs in zip(table["name"], table["macs"])}

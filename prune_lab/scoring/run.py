@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from .inputs import CalibrationSource, build_scoring_inputs
-from .registry import ScoringInputs, get_criterion
+from .registry import ScoringInputs, check_applicable, get_criterion
 
 #: Criterion options that change a score (a `--resume` must match them); the others only change the cost.
 SCORE_OPTIONS = ("skip_mode", "clip_model", "clip_pretrained", "clip_checkpoint", "scheduler", "steps", "guidance")
@@ -26,12 +26,14 @@ class ScoreRun:
         units: how many units each criterion scored.
         criteria: the criteria, in table order.
         out: the CSV written (its JSON copy is beside it).
+        calibration: what the calibration batches were (None when no criterion needed any).
     """
 
     table: pd.DataFrame | None
     units: int
     criteria: list[str]
     out: Path
+    calibration: str | None = None
 
 
 def _settings(model, units: str, only, timesteps: int, dtype: str, source: CalibrationSource, inputs: ScoringInputs):
@@ -88,7 +90,7 @@ def score_model(
     """
     import torch
 
-    from ..backbones import walk
+    from ..backbones import backbone_of, walk
     from ..models import load_unet
     from ..runtime.dtypes import canonical_dtype, parse_dtype
     from .groups import score_units
@@ -104,6 +106,7 @@ def score_model(
     loaded = load_unet(model, dtype=parse_dtype(dtype))
     loaded.unet.to(device)
     graph = walk(loaded.unet)
+    check_applicable(criteria, backbone_of(graph))
     todo = score_units(graph, units, list(only) if only else None)  # bad names fail before data is read
     source = calibration or CalibrationSource()
     inputs = build_scoring_inputs(
@@ -119,4 +122,4 @@ def score_model(
         macs=unit_macs(loaded.unet, inputs.graph),
         progress=progress,
     )
-    return ScoreRun(table, len(todo), list(criteria), Path(out))
+    return ScoreRun(table, len(todo), list(criteria), Path(out), inputs.calibration)

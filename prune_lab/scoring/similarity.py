@@ -8,10 +8,8 @@ the same single forward per calibration batch (no unit is taken out), so a full 
 
 The stream compared is the image stream: a block's `hidden_states` in, and its output (the last element of an
 `(encoder_hidden_states, hidden_states)` pair for MMDiT / Flux blocks). Importance = BI; the MSE is an extra column.
-Units must keep their input shape (transformer blocks; not U-Net resnets or branches).
-
-Not yet registered as a `--criterion`: the registry's contract (and the tests and demo parametrised over it) has
-every criterion score U-Net units, which this one cannot; :func:`similarity` is the scorer builder to register.
+It applies to backbones whose blocks keep their input shape (capability `block_streams`: the transformers, not the
+U-Net), and scores blocks (`--units blocks`), not the branches inside them.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from collections import defaultdict
 import torch
 
 from .groups import ScoreUnit
-from .registry import ScoringInputs, UnitScore, UnitScorer
+from .registry import ScoringInputs, UnitScore, UnitScorer, register_criterion
 
 
 def _image(value) -> torch.Tensor:
@@ -49,16 +47,25 @@ def block_statistics(model, batches, names: list[str]) -> dict[str, dict[str, fl
     handles = [model.get_submodule(n).register_forward_hook(_hook(sums, n), with_kwargs=True) for n in names]
     try:
         with torch.no_grad():
+            device = next(model.parameters()).device
             for batch in batches:
-                model(**batch.inputs)
+                model(**batch.to(device).inputs)
     finally:
         for handle in handles:
             handle.remove()
     return {n: {k: sums[n][k] / sums[n]["tokens"] for k in ("influence", "mse")} for n in names}
 
 
+@register_criterion(
+    "similarity",
+    metric="block_influence",
+    needs=("batches",),
+    requires=("block_streams",),
+    description="ShortGPT block influence 1 - cos(block input, output), with Flux.1 Lite's in/out MSE; one forward",
+)
 def similarity(inputs: ScoringInputs) -> UnitScorer:
-    """Block influence of every block from one forward per batch (see the module docstring)."""
+    """Block influence of every block from one forward per batch (ShortGPT, Men et al., 2024, Eq. 1; see the module
+    docstring). Higher = more important; `importance` equals the raw score, `mse` is an extra column."""
     blocks = [u.name for u in inputs.graph.units if u.kind == "block"]
     stats = block_statistics(inputs.unet, inputs.batches, blocks)
 

@@ -23,8 +23,9 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
+from ..backbones import backbone_of
 from .groups import ScoreUnit
-from .registry import Criterion, ScoringInputs, check_finite, get_criterion
+from .registry import Criterion, ScoringInputs, check_applicable, check_finite, get_criterion
 from .results import build_table, write_scores
 
 PARTIAL_FORMAT = "prune_lab.scores.partial"
@@ -100,6 +101,7 @@ def process_state() -> PartialState:
 
 
 def _check_inputs(criterion: Criterion, inputs: ScoringInputs) -> None:
+    check_applicable([criterion.name], backbone_of(inputs.graph))
     if "batches" in criterion.needs and not inputs.batches:
         raise ValueError(
             f"criterion {criterion.name!r} needs calibration data: pass --calib-dir, --prompts, "

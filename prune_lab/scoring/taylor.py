@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
+from .calibration import regressed
 from .groups import ScoreUnit
 from .options import TaylorOptions
 from .reductions import neuron_mean, unit_weights
@@ -46,7 +47,7 @@ def accumulated_gradients(inputs: ScoringInputs, weights: list[nn.Parameter]) ->
     with _gradients_of(unet, weights, inputs.options_for(TaylorOptions).gradient_checkpointing):
         for batch in inputs.batches:
             batch = batch.to(device)
-            pred = unet(**batch.inputs).sample
+            pred = regressed(unet(**batch.inputs).sample, batch.target)
             loss = (pred.float() - batch.target.float()).pow(2).flatten(1).mean(dim=1).sum() / total
             loss.backward()
         return {id(w): (w.grad if w.grad is not None else torch.zeros_like(w)).detach() for w in weights}

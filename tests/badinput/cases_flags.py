@@ -209,6 +209,15 @@ CASES += [
     Case("numeric-flags", "generate--steps=abc", C.override(C.GENERATE, "--steps", "abc"), expect=("--steps",)),
     Case("numeric-flags", "score--samples=1.5", C.override(C.SCORE_TAYLOR, "--samples", "1.5"), expect=("--samples",)),
 ]
+# a criterion that does not apply to the model's backbone (similarity needs block streams; demo is a U-Net)
+CASES += [
+    Case(
+        "misleading-messages",
+        "score-similarity-on-unet",
+        C.override(C.SCORE, "--criterion", "similarity"),
+        expect=("--criterion",),
+    )
+]
 
 
 # ============================================================================================== output-paths

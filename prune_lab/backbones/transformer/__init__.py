@@ -21,8 +21,11 @@ stacks are one more entry there.
 * Costs and moves (:mod:`.costs`), presets (:mod:`.presets`: `flux-lite`, `flux-mini`, `tinyfusion`), feature pairs
   (:mod:`.features`), built-ins (:mod:`.architectures`).
 
-Not supported yet: a resumable staged forward (so ablation runs without prefix caching), branch units of Flux single
-blocks, width pruning.
+* Scoring: a resumable forward (:mod:`.staged`: ablation restarts each unit at its block's cached input) and
+  calibration batches drawn for the family's objective (:mod:`.calibration`); capability `block_streams` (the
+  `similarity` criterion).
+
+Not supported yet: branch units of Flux single blocks, width pruning, generation-based scoring (`clip`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class TransformerBackbone(Backbone):
     unit_kinds = ("block", *BRANCH_KINDS)
     groupings = ("blocks", "branches")
     feature_scopes = ("blocks", "uniform")
+    #: no `generation` yet: the clip criterion needs the transformer pipelines' generation path
+    capabilities = frozenset({"block_streams"})
+    calibration = "own"
 
     def walk(self, model):
         return _lazy("graph", "walk")(model)
@@ -79,6 +85,21 @@ class TransformerBackbone(Backbone):
 
     def unit_map(self, student, *, identity=False):
         return _lazy("compaction", "unit_map")(student, identity=identity)
+
+    def staged(self, model):
+        return _lazy("staged", "StagedTransformer")(model)
+
+    def calibration_batches(self, model, **settings):
+        """Gaussian latents of the model's size (or `latent`), the family's objective (:mod:`.calibration`)."""
+        settings.setdefault("latent", self.latent_size(model))
+        return _lazy("calibration", "calibration_batches")(model, **settings)
+
+    def encode_prompts(self, pipe, prompts, batch_size=8):
+        return _lazy("calibration", "encode_prompts")(pipe, prompts, batch_size)
+
+    def image_stream(self, model, module: str) -> int:
+        """A block of a stack returning `(context, image)` (SD3, Flux) has the image last; anything else: 0."""
+        return _lazy("graph", "image_stream")(model, module)
 
     def latent_size(self, model) -> int:
         """The config's `sample_size`; Flux configs have none: 128 (its native 1024 px over the 8x VAE)."""

@@ -65,3 +65,10 @@ def walk(model: nn.Module, family: Family | None = None) -> TransformerGraph:
                     f"{name}.{b.attr}", f"{label}-{b.label}", b.kind, stack.attr, name, _params(getattr(block, b.attr))
                 )
     return TransformerGraph(units, family.class_name)
+
+
+def image_stream(model: nn.Module, module: str) -> int:
+    """The image stream's index in the output of `module`: its place in the stack's `streams` for a block, else 0."""
+    attr, _, index = module.rpartition(".")
+    stack = next((s for s in family_of(model).stacks if s.attr == attr), None)
+    return stack.streams.index("image") if stack is not None and index.isdigit() else 0

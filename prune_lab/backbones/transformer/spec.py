@@ -70,6 +70,8 @@ class Family:
         stacks: its block stacks, in forward order.
         call: `call(model, latent, device, dtype) -> (fn, args)`, one step under the cost convention.
         index_keys: config keys listing block indices of the first stack (renumbered when blocks go).
+        objective: the training objective calibration batches follow: `flow` (rectified flow) or `ddpm`
+            (:mod:`.calibration`).
     """
 
     name: str
@@ -77,6 +79,7 @@ class Family:
     stacks: tuple[Stack, ...]
     call: Callable
     index_keys: tuple[str, ...] = ()
+    objective: str = "flow"
 
 
 # ------------------------------------------------------------------------------------------------ calls
@@ -196,12 +199,14 @@ FAMILIES: dict[str, Family] = {
             "DiTTransformer2DModel",
             (Stack("transformer_blocks", "num_layers", "B", _IMAGE, (_ATTN1, _FF), head="norm1.emb"),),
             dit_call,
+            objective="ddpm",
         ),
         Family(
             "pixart",
             "PixArtTransformer2DModel",
             (Stack("transformer_blocks", "num_layers", "B", _IMAGE, (_ATTN1, _CROSS, _FF)),),
             pixart_call,
+            objective="ddpm",
         ),
         Family(
             "sd3",

@@ -34,6 +34,7 @@ class UNetBackbone(Backbone):
     unit_kinds = ("resnet", "attention", "transformer_layer", "skip", "mid", "stage")
     groupings = ("blocks", "transformer_layers", "pairs", "stages", "skips")
     feature_scopes = ("stages", "units")
+    capabilities = frozenset({"generation"})
 
     def walk(self, model):
         from .graph import walk
