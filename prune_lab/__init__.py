@@ -1,4 +1,4 @@
-"""prune_lab: find which parts of a diffusion U-Net can be cut, cut them, and train the smaller network back.
+"""prune_lab: find which parts of a diffusion backbone can be cut, cut them, and train the smaller network back.
 
 The public API, by stage of the workflow:
 

@@ -37,7 +37,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 def build_parser() -> argparse.ArgumentParser:
     """The `prunelab` parser with every subcommand (imports neither torch nor diffusers)."""
-    parser = argparse.ArgumentParser(prog="prunelab", description="Find, cut and retrain diffusion U-Net blocks.")
+    parser = argparse.ArgumentParser(prog="prunelab", description="Find, cut and retrain diffusion backbone blocks.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         importlib.import_module(module).register(subparsers)
