@@ -183,8 +183,10 @@ class Backbone:
         `scheduler`), for a backbone whose :attr:`calibration` is `own`."""
         raise NotImplementedError
 
-    def encode_prompts(self, pipe, prompts: list[str], batch_size: int = 8) -> dict:
-        """Conditioning tensors of `prompts` through the pipeline's own encoders (for :meth:`calibration_batches`)."""
+    def encode_prompts(self, pipe, prompts: list[str], batch_size: int = 8, device=None) -> dict:
+        """Conditioning tensors of `prompts` through the pipeline's own encoders, under the model's keyword names (for
+        :meth:`calibration_batches` and :meth:`model_kwargs`): on `device`, or computed on the pipeline's device and
+        returned on the CPU."""
         raise NotImplementedError
 
     def model_kwargs(self, model, x_t, t, cond: Mapping[str, Any]) -> dict:
@@ -301,6 +303,20 @@ BACKBONES: Registry[Backbone] = Registry("backbone", loader=_load_builtin)
 PRESETS: Registry[Preset] = Registry("preset", loader=_load_builtin, hint="`prunelab plan --help` lists them")
 
 
+def backbone_for_class(class_name: str) -> Backbone:
+    """The registered backbone that handles the diffusers model class called `class_name` (e.g. read from a
+    pipeline's `model_index.json`, before any model loads).
+
+    Raises:
+        ValueError: no registered backbone handles that class.
+    """
+    for _, backbone in BACKBONES.items():
+        if class_name in backbone.classes:
+            return backbone
+    handled = [c for _, b in BACKBONES.items() for c in b.classes]
+    raise ValueError(f"prune_lab has no backbone for a {class_name}; it handles: {', '.join(handled)}")
+
+
 def model_class(class_name: str) -> type:
     """The diffusers model class called `class_name`, if a registered backbone handles it.
 
@@ -309,11 +325,8 @@ def model_class(class_name: str) -> type:
     """
     import diffusers
 
-    for _, backbone in BACKBONES.items():
-        if class_name in backbone.classes:
-            return getattr(diffusers, class_name)
-    handled = [c for _, b in BACKBONES.items() for c in b.classes]
-    raise ValueError(f"prune_lab has no backbone for a {class_name}; it handles: {', '.join(handled)}")
+    backbone_for_class(class_name)
+    return getattr(diffusers, class_name)
 
 
 def backbone_for(model) -> Backbone:

@@ -21,7 +21,6 @@ it.
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import os
 from collections.abc import Callable
@@ -33,6 +32,7 @@ import torch.nn as nn
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ..backbones import backbone_for
+from ..backbones.base import backbone_for_class
 from ..pipelines import check_weights, from_pretrained, offline_message
 from ..runtime.loading import absent_components
 
@@ -121,15 +121,17 @@ class PipelineConditioner:
 
     Args:
         pipe: the text-only pipeline.
-        encode: the family's `(pipe, texts, device) -> flat conditioning dict` (:data:`PROMPT_ENCODERS`).
+        backbone: the transformer's backbone, whose
+            :meth:`~prune_lab.backbones.base.Backbone.encode_prompts` calls the pipeline's encoders (the conditioning
+            scoring's calibration reads too).
     """
 
-    def __init__(self, pipe, encode: Callable) -> None:
-        self.pipe, self.encode = pipe, encode
+    def __init__(self, pipe, backbone) -> None:
+        self.pipe, self.backbone = pipe, backbone
         self.device = next(m.device for m in pipe.components.values() if isinstance(m, nn.Module))
 
     @classmethod
-    def load(cls, root: Path, kind: str, dtype: torch.dtype, device):
+    def load(cls, root: Path, dtype: torch.dtype, device):
         """The text part of the pipeline at `root` (frozen, `dtype`, on `device`)."""
         from diffusers import DiffusionPipeline
 
@@ -142,11 +144,12 @@ class PipelineConditioner:
         for module in pipe.components.values():
             if isinstance(module, nn.Module):
                 module.to(device).eval().requires_grad_(False)
-        return cls(pipe, PROMPT_ENCODERS[kind])
+        return cls(pipe, backbone_for_class(index["transformer"][1]))
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.encode(self.pipe, list(batch["text"]), self.device)
+        texts = list(batch["text"])
+        return self.backbone.encode_prompts(self.pipe, texts, batch_size=len(texts), device=self.device)
 
 
 class _ConfigOnly:
@@ -157,37 +160,6 @@ class _ConfigOnly:
 
         self.config = FrozenDict(config)
 
-
-def _sd3_prompt(pipe, texts: list[str], device) -> dict[str, torch.Tensor]:
-    embeds, _, pooled, _ = pipe.encode_prompt(texts, None, None, device=device, do_classifier_free_guidance=False)
-    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-
-
-def _flux_prompt(pipe, texts: list[str], device) -> dict[str, torch.Tensor]:
-    embeds, pooled, _ = pipe.encode_prompt(texts, None, device=device)  # text ids are zeros: rebuilt per call
-    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-
-
-def _masked_prompt(pipe, texts: list[str], device, **options) -> dict[str, torch.Tensor]:
-    embeds, mask, _, _ = pipe.encode_prompt(
-        texts, do_classifier_free_guidance=False, device=device, clean_caption=False, **options
-    )
-    return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
-
-
-def _sana_prompt(pipe, texts: list[str], device) -> dict[str, torch.Tensor]:
-    """Sana's prompts carry the pipeline's default complex human instruction, as its `__call__` adds it."""
-    instruction = inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
-    return _masked_prompt(pipe, texts, device, complex_human_instruction=instruction)
-
-
-#: Prompt encoders of the transformer pipelines, by conditioner kind.
-PROMPT_ENCODERS: dict[str, Callable] = {
-    "sd3": _sd3_prompt,
-    "flux": _flux_prompt,
-    "pixart": _masked_prompt,
-    "sana": _sana_prompt,
-}
 
 #: Conditioner kinds of transformer pipelines, by `model_index.json` `_class_name`.
 PIPELINE_KINDS = {
@@ -213,7 +185,7 @@ CONDITIONERS: dict[str, Callable] = {
     "sd": SDConditioner,
     "sdxl": SDXLConditioner,
     "none": NoConditioner,
-    **{kind: PipelineConditioner for kind in PROMPT_ENCODERS},
+    **{kind: PipelineConditioner for kind in PIPELINE_KINDS.values()},
 }
 
 
@@ -241,7 +213,7 @@ def _conditioner(root: Path, dtype: torch.dtype, device):
     kind = conditioner_kind(root)
     cls = CONDITIONERS[kind]
     if cls is PipelineConditioner:
-        return cls.load(root, kind, dtype, device)
+        return cls.load(root, dtype, device)
     return cls(*[_load_component(root, c, dtype, device) for c in cls.components])
 
 

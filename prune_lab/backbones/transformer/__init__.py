@@ -95,8 +95,8 @@ class TransformerBackbone(Backbone):
         settings.setdefault("latent", self.latent_size(model))
         return _lazy("calibration", "calibration_batches")(model, **settings)
 
-    def encode_prompts(self, pipe, prompts, batch_size=8):
-        return _lazy("calibration", "encode_prompts")(pipe, prompts, batch_size)
+    def encode_prompts(self, pipe, prompts, batch_size=8, device=None):
+        return _lazy("calibration", "encode_prompts")(pipe, prompts, batch_size, device)
 
     def model_kwargs(self, model, x_t, t, cond):
         """Each family's pipeline call (:func:`.calibration.model_kwargs`: Flux packs the latents into tokens)."""

@@ -32,6 +32,7 @@ Targets are in the layout of the model's output (Flux: packed tokens), as scorin
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -52,26 +53,32 @@ def _chunks(prompts: Sequence[str], size: int):
     return [list(prompts[i : i + size]) for i in range(0, len(prompts), size)]
 
 
-def _text_and_mask(pipe, prompts: list[str]) -> dict:
-    embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=pipe.device)
+def _masked(pipe, prompts: list[str], device, **options) -> dict:
+    embeds, mask, _, _ = pipe.encode_prompt(
+        prompts, do_classifier_free_guidance=False, device=device, clean_caption=False, **options
+    )
     return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
 
 
-def _sd3_text(pipe, prompts: list[str]) -> dict:
-    embeds, _, pooled, _ = pipe.encode_prompt(
-        prompts, None, None, device=pipe.device, do_classifier_free_guidance=False
-    )
+def _sana_text(pipe, prompts: list[str], device) -> dict:
+    """Sana's prompts carry the pipeline's default complex human instruction, as its `__call__` adds it."""
+    instruction = inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
+    return _masked(pipe, prompts, device, complex_human_instruction=instruction)
+
+
+def _sd3_text(pipe, prompts: list[str], device) -> dict:
+    embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False)
     return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
 
-def _flux_text(pipe, prompts: list[str]) -> dict:
-    embeds, pooled, _ = pipe.encode_prompt(prompts, None, device=pipe.device)
+def _flux_text(pipe, prompts: list[str], device) -> dict:
+    embeds, pooled, _ = pipe.encode_prompt(prompts, None, device=device)  # text ids: rebuilt by each step call
     return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
 
-def _dit_labels(pipe, prompts: list[str]) -> dict:
+def _dit_labels(pipe, prompts: list[str], device) -> dict:
     try:
-        return {"class_labels": torch.tensor(pipe.get_label_ids(prompts), device=pipe.device)}
+        return {"class_labels": torch.tensor(pipe.get_label_ids(prompts), device=device)}
     except ValueError:
         raise ValueError(
             "DiT is class-conditional: its calibration prompts must be ImageNet class names of the pipeline's "
@@ -79,25 +86,37 @@ def _dit_labels(pipe, prompts: list[str]) -> dict:
         ) from None
 
 
-#: Family -> `encode(pipe, prompts) -> conditioning` through the pipeline's own encoders.
-_ENCODERS = {
-    "dit": _dit_labels,
-    "pixart": _text_and_mask,
-    "sd3": _sd3_text,
-    "flux": _flux_text,
-    "sana": _text_and_mask,
+#: Family -> `encode(pipe, prompts, device) -> conditioning` through the pipeline's own encoders.
+_ENCODERS = {"dit": _dit_labels, "pixart": _masked, "sd3": _sd3_text, "flux": _flux_text, "sana": _sana_text}
+#: Families of the transformer pipelines, by class (a pipeline loaded for its text encoders has no transformer).
+PIPELINE_FAMILIES = {
+    "DiTPipeline": "dit",
+    "PixArtSigmaPipeline": "pixart",
+    "PixArtAlphaPipeline": "pixart",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+    "SanaPipeline": "sana",
 }
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """The conditioning of `prompts` from the pipeline's own `encode_prompt` (no classifier-free guidance, the
-    pipeline's default `max_sequence_length`), under the model's keyword names: `encoder_hidden_states` (N, L, D),
-    and as the family has them `encoder_attention_mask` (N, L), `pooled_projections` (N, P), or DiT's
-    `class_labels` (N,) looked up from the prompts as ImageNet class names."""
-    encode = _ENCODERS[family_of(pipe.transformer).name]
-    parts = [encode(pipe, chunk) for chunk in _chunks(prompts, batch_size)]
-    return {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
+def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 8, device=None) -> dict[str, torch.Tensor]:
+    """The conditioning of `prompts` from the pipeline's own `encode_prompt`, exactly what the pipeline feeds the
+    transformer when generating (no classifier-free guidance, its default `max_sequence_length`, Sana's complex human
+    instruction), under the model's keyword names: `encoder_hidden_states` (N, L, D), and as the family has them
+    `encoder_attention_mask` (N, L), `pooled_projections` (N, P), or DiT's `class_labels` (N,) looked up from the
+    prompts as ImageNet class names.
+
+    Args:
+        pipe: a transformer pipeline (one of :data:`PIPELINE_FAMILIES`, whose transformer may be left out, or another
+            class whose transformer names the family).
+        device: where the encoders run and the tensors stay; None: the pipeline's device, the result on the CPU.
+    """
+    names = [c.__name__ for c in type(pipe).__mro__]
+    family = next((PIPELINE_FAMILIES[n] for n in names if n in PIPELINE_FAMILIES), None)
+    encode = _ENCODERS[family or family_of(pipe.transformer).name]
+    parts = [encode(pipe, chunk, device or pipe.device) for chunk in _chunks(prompts, batch_size)]
+    return {k: torch.cat([p[k] for p in parts]).to(device or "cpu") for k in parts[0]}
 
 
 def random_conditioning(
