@@ -214,7 +214,7 @@ class Backbone:
         Args:
             module: what to call, `model` or a wrapper of it (DDP); default `model`.
         """
-        output = (module or model)(**self.model_kwargs(model, x_t, t, cond)).sample
+        output = (model if module is None else module)(**self.model_kwargs(model, x_t, t, cond)).sample
         return self.prediction(model, output, x_t)
 
     def conditioning(self, model) -> str:
