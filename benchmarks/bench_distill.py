@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from prune_lab.backbones import build_student, create_plan
+from prune_lab.backbones import backbone_for, build_student, create_plan
 from prune_lab.backbones.unet.architectures import ARCHITECTURES
 from prune_lab.backbones.unet.compaction import unit_map
-from prune_lab.distill.encoders import FrozenEncoders, encode_moments, unet_kwargs
+from prune_lab.distill.encoders import FrozenEncoders, encode_moments
 from prune_lab.distill.features import feature_pairs
 from prune_lab.distill.losses import DistillationLoss
 from prune_lab.distill.step import DistillStep, step_generator
@@ -129,6 +129,7 @@ def main() -> None:
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     optimizer = torch.optim.AdamW(student.parameters(), lr=5e-5)
     kd = DistillStep(teacher, student, encoders, scheduler, DistillationLoss(), pairs)
+    backbone = backbone_for(teacher)
 
     g = torch.Generator(device).manual_seed(0)
     raw = {
@@ -146,8 +147,8 @@ def main() -> None:
     def bare_step(batch):  # what any distillation needs at least; the KD hooks are inactive outside capturing()
         noisy, t, target, cond = kd.noisy_inputs(batch, step_generator(0, 0, device=device))
         with torch.no_grad():
-            teacher(noisy, t, **unet_kwargs(cond))
-        F.mse_loss(student(noisy, t, **unet_kwargs(cond)).sample.float(), target).backward()
+            teacher(**backbone.model_kwargs(teacher, noisy, t, cond))
+        F.mse_loss(student(**backbone.model_kwargs(student, noisy, t, cond)).sample.float(), target).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

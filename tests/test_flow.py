@@ -150,6 +150,20 @@ def test_conditioner_and_step_call_equal_the_pipelines_own_call(family, pipeline
     torch.testing.assert_close(mine, output, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_calibration_text_is_the_distillation_conditioning(family, pipeline_dirs):
+    """Scoring's calibration text (the backbone's `encode_prompts` of a loaded pipeline, on the CPU) is, to the bit,
+    the conditioning distillation's text-only pipeline gives (Sana's complex human instruction included)."""
+    from prune_lab.backbones import backbone_for
+
+    pipe, prompts = _pipeline(pipeline_dirs[family]), ["a red cat", "the big dog", "a tree"]
+    mine = backbone_for(pipe.transformer).encode_prompts(pipe, prompts, batch_size=3)  # one batch, as distill's
+    theirs = load_encoders(pipeline_dirs[family], vae=False).condition({"text": prompts})
+    assert mine.keys() == theirs.keys() and all(v.device.type == "cpu" for v in mine.values())
+    for key, value in theirs.items():
+        torch.testing.assert_close(mine[key], value, rtol=0, atol=0)
+
+
 def test_dit_has_no_text_to_image_step_call():
     from diffusers import DiTTransformer2DModel
 

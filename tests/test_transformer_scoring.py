@@ -7,11 +7,16 @@ import torch
 from conftest import TINY_TRANSFORMERS, tiny_transformer
 
 from prune_lab.backbones import backbone_for, get_backbone, walk
-from prune_lab.backbones.transformer.calibration import calibration_batches, clean_latents
+from prune_lab.backbones.transformer.calibration import (
+    calibration_batches,
+    clean_latents,
+    random_conditioning,
+    training_schedule,
+)
 from prune_lab.backbones.transformer.staged import block_paths
 from prune_lab.cli import main
 from prune_lab.runtime.loading import LoadedModel
-from prune_lab.runtime.schedule import noise_scheduler
+from prune_lab.runtime.schedule import noise_scheduler, noised
 from prune_lab.scoring import score_model, score_units
 from prune_lab.scoring.calibration import DenoisingBatch
 from prune_lab.scoring.inputs import CalibrationSource, own_batches
@@ -57,15 +62,82 @@ def test_own_batches_say_what_they_are():
 # ---------------------------------------------------------------------------------------------- calibration
 @pytest.mark.parametrize("family", ["FluxTransformer2DModel", "SD3Transformer2DModel", "SanaTransformer2DModel"])
 def test_flow_batches_by_hand(family):
-    """x_t = (1 - s) x0 + s eps and target = eps - x0, so x_t - s * target is the clean latent (the first draw)."""
+    """x_t = (1 - s) x0 + s eps and target = eps - x0, so x_t - s * target is the clean latent (the first draw; Flux's
+    packed into tokens, which the backbone's prediction unpacks)."""
     model = tiny_transformer(family)
     (kwargs, target), *_ = calibration_batches(model, samples=3, latent=8, timesteps=1, batch_size=3, seed=5)
     x0 = clean_latents(model, 3, 8, torch.Generator().manual_seed(5))
+    assert x0.shape == (3, 2 if family == "FluxTransformer2DModel" else 4, 8, 8)
     sigma = kwargs["timestep"] * (1 if family == "FluxTransformer2DModel" else 1e-3)
-    s = sigma.view(-1, *[1] * (x0.ndim - 1))
-    torch.testing.assert_close(kwargs["hidden_states"] - s * target, x0, rtol=0, atol=1e-5)
+    s = sigma.view(-1, *[1] * (target.ndim - 1))
+    clean = backbone_for(model).prediction(model, kwargs["hidden_states"] - s * target, x0)
+    torch.testing.assert_close(clean, x0, rtol=0, atol=1e-5)
     assert target.shape == model(**kwargs).sample.shape
-    assert bool((sigma > 0).all() and (sigma < 1).all())
+    assert bool((sigma > 0).all() and (sigma <= 1).all())
+
+
+@pytest.mark.parametrize("shift", [None, 3.0])
+def test_flow_sigmas_come_from_the_models_schedule(shift):
+    """σ = the flow schedule's grid at ⌊u·1000⌋ for the u drawn after the noise, as distillation draws it: SD3's
+    static shift 3 applied (σ' = 3σ / (1 + 2σ)), the unshifted grid when the model has no flow scheduler config."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    model = tiny_transformer("SD3Transformer2DModel")
+    scheduler = None if shift is None else FlowMatchEulerDiscreteScheduler(shift=shift)
+    (kwargs, _), *_ = calibration_batches(
+        model, samples=4, latent=8, timesteps=1, batch_size=4, seed=2, scheduler=scheduler, tokens=9
+    )
+    g = torch.Generator().manual_seed(2)
+    clean_latents(model, 4, 8, g), random_conditioning(model, 4, g, 9), torch.randn(4, 4, 8, 8, generator=g)
+    grid = 1 - (torch.rand(4, generator=g) * 1000).floor() / 1000
+    expected = grid if shift is None else shift * grid / (1 + (shift - 1) * grid)
+    torch.testing.assert_close(kwargs["timestep"] / 1000, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_TRANSFORMERS))
+def test_calibration_calls_the_model_as_the_backbone_does(family):
+    """Every batch holds the backbone's step call (the one distillation makes) on the noised draw of
+    :func:`~prune_lab.runtime.schedule.noised`, and its target in the output's layout."""
+    model = tiny_transformer(family)
+    backbone, scheduler = backbone_for(model), noise_scheduler()
+    batches = calibration_batches(
+        model, samples=3, latent=8, timesteps=2, batch_size=4, seed=7, scheduler=scheduler, tokens=9
+    )
+    g = torch.Generator().manual_seed(7)
+    x0 = clean_latents(model, 3, 8, g).repeat_interleave(2, dim=0)
+    cond = {k: v.repeat_interleave(2, dim=0) for k, v in random_conditioning(model, 3, g, 9).items()}
+    x_t, t, target = noised(training_schedule(model, scheduler), x0, torch.randn(x0.shape, generator=g), g)
+    assert [len(b[1]) for b in batches] == [4, 2]
+    for (kwargs, got), part in zip(batches, (slice(0, 4), slice(4, 6))):
+        expected = backbone.model_kwargs(model, x_t[part], t[part], {k: v[part] for k, v in cond.items()})
+        assert kwargs.keys() == expected.keys()
+        for key, value in expected.items():
+            assert (value is None and kwargs[key] is None) or _equal(kwargs[key], value), key
+        with torch.no_grad():
+            prediction = backbone.prediction(model, model(**kwargs).sample, x_t[part])
+        assert prediction.shape == x_t[part].shape
+        torch.testing.assert_close(backbone.prediction(model, got, x_t[part]), target[part], rtol=0, atol=0)
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    return a is None and b is None or torch.equal(a, b)
+
+
+def test_pixart_micro_conditions_are_the_images_size():
+    """PixArt-α's resolution and aspect ratio as its pipeline passes them: the image's (height, width) in pixels
+    (8x the latent) and height / width."""
+    model = tiny_transformer(  # micro-condition embeddings take a third of the width each
+        "PixArtTransformer2DModel", use_additional_conditions=True, attention_head_dim=12, cross_attention_dim=24
+    )
+    x, cond = torch.randn(2, 4, 8, 6), {"encoder_hidden_states": torch.randn(2, 5, 12)}
+    added = backbone_for(model).model_kwargs(model, x, torch.tensor([3, 500]), cond)["added_cond_kwargs"]
+    assert torch.equal(added["resolution"], torch.tensor([[64.0, 48.0]] * 2))
+    assert torch.equal(added["aspect_ratio"], torch.full((2, 1), 8 / 6))
+    with torch.no_grad():
+        out = backbone_for(model).denoise(model, x, torch.tensor([3, 500]), cond)
+    assert out.shape == x.shape
 
 
 def test_ddpm_batches_by_hand():

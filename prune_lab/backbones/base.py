@@ -183,9 +183,43 @@ class Backbone:
         `scheduler`), for a backbone whose :attr:`calibration` is `own`."""
         raise NotImplementedError
 
-    def encode_prompts(self, pipe, prompts: list[str], batch_size: int = 8) -> dict:
-        """Conditioning tensors of `prompts` through the pipeline's own encoders (for :meth:`calibration_batches`)."""
+    def encode_prompts(self, pipe, prompts: list[str], batch_size: int = 8, device=None) -> dict:
+        """Conditioning tensors of `prompts` through the pipeline's own encoders, under the model's keyword names (for
+        :meth:`calibration_batches` and :meth:`model_kwargs`): on `device`, or computed on the pipeline's device and
+        returned on the CPU."""
         raise NotImplementedError
+
+    def model_kwargs(self, model, x_t, t, cond: Mapping[str, Any]) -> dict:
+        """Keyword arguments of `model(**kwargs)` for one denoising step, as the family's pipeline calls it (what
+        scoring's calibration batches hold and what distillation trains with).
+
+        Args:
+            model: the model (its config is read; a wrapper of it, e.g. DDP, may then be called with the result).
+            x_t: noisy latents (B, C, h, w) as the VAE lays them out (a family that takes tokens packs them here).
+            t: (B,) the training schedule's timestep (integer t of DDPM, σ·N of flow matching;
+                :func:`prune_lab.runtime.schedule.noised`).
+            cond: conditioning tensors under the model's keyword names (`encoder_hidden_states`,
+                `pooled_projections`, `encoder_attention_mask`, `class_labels`; SDXL's `text_embeds`, `time_ids`).
+        """
+        raise NotImplementedError
+
+    def prediction(self, model, output, x_t):
+        """The part of a step's output (`model(**kwargs).sample`) that regresses the training target, shaped as x_t
+        (B, C, h, w) (e.g. tokens unpacked, a learned variance dropped); by default the output itself."""
+        return output
+
+    def denoise(self, model, x_t, t, cond: Mapping[str, Any], *, module=None):
+        """One step's prediction (B, C, h, w): :meth:`prediction` of `module(**model_kwargs(model, ...)).sample`.
+
+        Args:
+            module: what to call, `model` or a wrapper of it (DDP); default `model`.
+        """
+        output = (model if module is None else module)(**self.model_kwargs(model, x_t, t, cond)).sample
+        return self.prediction(model, output, x_t)
+
+    def conditioning(self, model) -> str:
+        """What `model` is conditioned on: `text` (caption states), `class` (class labels) or `none`."""
+        return "text"
 
     def image_stream(self, model, module: str) -> int:
         """Where the image stream is in the tuple output of `module` (0 unless a family returns several streams)."""
@@ -269,6 +303,20 @@ BACKBONES: Registry[Backbone] = Registry("backbone", loader=_load_builtin)
 PRESETS: Registry[Preset] = Registry("preset", loader=_load_builtin, hint="`prunelab plan --help` lists them")
 
 
+def backbone_for_class(class_name: str) -> Backbone:
+    """The registered backbone that handles the diffusers model class called `class_name` (e.g. read from a
+    pipeline's `model_index.json`, before any model loads).
+
+    Raises:
+        ValueError: no registered backbone handles that class.
+    """
+    for _, backbone in BACKBONES.items():
+        if class_name in backbone.classes:
+            return backbone
+    handled = [c for _, b in BACKBONES.items() for c in b.classes]
+    raise ValueError(f"prune_lab has no backbone for a {class_name}; it handles: {', '.join(handled)}")
+
+
 def model_class(class_name: str) -> type:
     """The diffusers model class called `class_name`, if a registered backbone handles it.
 
@@ -277,11 +325,8 @@ def model_class(class_name: str) -> type:
     """
     import diffusers
 
-    for _, backbone in BACKBONES.items():
-        if class_name in backbone.classes:
-            return getattr(diffusers, class_name)
-    handled = [c for _, b in BACKBONES.items() for c in b.classes]
-    raise ValueError(f"prune_lab has no backbone for a {class_name}; it handles: {', '.join(handled)}")
+    backbone_for_class(class_name)
+    return getattr(diffusers, class_name)
 
 
 def backbone_for(model) -> Backbone:

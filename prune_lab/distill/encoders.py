@@ -6,50 +6,35 @@ on-the-fly run see identical latents for the same random generator:
 
 * latents: z_0 = (mean + exp(logvar / 2) · n − shift) · scaling_factor, n ~ N(0, I) drawn from the step's generator
   (a deterministic encoder, Sana's DC-AE, has log-variance −inf: z_0 = (mean − shift) · scaling_factor);
-* conditioning: a flat dict of tensors from a registered :data:`CONDITIONERS` entry (picked from the pipeline's
-  components; transformer pipelines through their own `encode_prompt`), turned into the model's call by the
-  :data:`MODEL_CALLS` entry of the model's class (:func:`model_call`; :func:`unet_kwargs` for U-Nets).
+* conditioning: a flat dict of tensors under the model's keyword names from a registered :data:`CONDITIONERS` entry
+  (picked from the pipeline's components; transformer pipelines through their own `encode_prompt`: SD3's CLIP-L +
+  CLIP-G penultimate states ‖ T5, zeros without T5, and pooled projections; Flux's T5 states and pooled CLIP; PixArt's
+  T5 states and mask; Sana's Gemma2 states of the pipeline's complex human instruction and mask).
 
-What the transformer families take (diffusers' pipelines call them the same way):
-
-| pipeline | conditioning | call |
-|---|---|---|
-| SD3 / SD3.5 | CLIP-L + CLIP-G penultimate states ‖ T5 (zeros without T5), pooled CLIP projections | t = σ·1000 |
-| Flux | T5 states, pooled CLIP | latents packed 2x2, image / text position ids, t = σ, guidance 3.5 (dev) |
-| PixArt-Σ | T5 states + attention mask | `added_cond_kwargs` resolution / aspect ratio None; learned σ dropped |
-| Sana | Gemma2 states (the pipeline's complex human instruction) + mask | t = σ·1000·`timestep_scale` |
-
-DiT is class-conditional (`class_labels`, no text): it has no entry, so `distill` refuses it.
+The model is called as its backbone says the family's pipeline calls it (:func:`model_call`:
+:meth:`~prune_lab.backbones.base.Backbone.model_kwargs` and :meth:`~prune_lab.backbones.base.Backbone.prediction`,
+the same call scoring's calibration batches use: Flux's packed latents and position ids, PixArt's micro-conditions and
+learned σ, Sana's `timestep_scale`, SDXL's added conditions). DiT is class-conditional (no text): `distill` refuses
+it.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+from ..backbones import backbone_for
+from ..backbones.base import backbone_for_class
 from ..pipelines import check_weights, from_pretrained, offline_message
 from ..runtime.loading import absent_components
-
-ADDED_COND_KEYS = ("text_embeds", "time_ids")
-
-
-def unet_kwargs(cond: dict[str, torch.Tensor]) -> dict:
-    """U-Net keyword arguments from a flat conditioning dict (SDXL's added conditions nested as diffusers wants)."""
-    kwargs = {k: v for k, v in cond.items() if k not in ADDED_COND_KEYS}
-    added = {k: cond[k] for k in ADDED_COND_KEYS if k in cond}
-    if added:
-        kwargs["added_cond_kwargs"] = added
-    return kwargs
 
 
 @torch.no_grad()
@@ -136,15 +121,17 @@ class PipelineConditioner:
 
     Args:
         pipe: the text-only pipeline.
-        encode: the family's `(pipe, texts, device) -> flat conditioning dict` (:data:`PROMPT_ENCODERS`).
+        backbone: the transformer's backbone, whose
+            :meth:`~prune_lab.backbones.base.Backbone.encode_prompts` calls the pipeline's encoders (the conditioning
+            scoring's calibration reads too).
     """
 
-    def __init__(self, pipe, encode: Callable) -> None:
-        self.pipe, self.encode = pipe, encode
+    def __init__(self, pipe, backbone) -> None:
+        self.pipe, self.backbone = pipe, backbone
         self.device = next(m.device for m in pipe.components.values() if isinstance(m, nn.Module))
 
     @classmethod
-    def load(cls, root: Path, kind: str, dtype: torch.dtype, device):
+    def load(cls, root: Path, dtype: torch.dtype, device):
         """The text part of the pipeline at `root` (frozen, `dtype`, on `device`)."""
         from diffusers import DiffusionPipeline
 
@@ -157,11 +144,12 @@ class PipelineConditioner:
         for module in pipe.components.values():
             if isinstance(module, nn.Module):
                 module.to(device).eval().requires_grad_(False)
-        return cls(pipe, PROMPT_ENCODERS[kind])
+        return cls(pipe, backbone_for_class(index["transformer"][1]))
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.encode(self.pipe, list(batch["text"]), self.device)
+        texts = list(batch["text"])
+        return self.backbone.encode_prompts(self.pipe, texts, batch_size=len(texts), device=self.device)
 
 
 class _ConfigOnly:
@@ -172,37 +160,6 @@ class _ConfigOnly:
 
         self.config = FrozenDict(config)
 
-
-def _sd3_prompt(pipe, texts: list[str], device) -> dict[str, torch.Tensor]:
-    embeds, _, pooled, _ = pipe.encode_prompt(texts, None, None, device=device, do_classifier_free_guidance=False)
-    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-
-
-def _flux_prompt(pipe, texts: list[str], device) -> dict[str, torch.Tensor]:
-    embeds, pooled, _ = pipe.encode_prompt(texts, None, device=device)  # text ids are zeros: rebuilt per call
-    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-
-
-def _masked_prompt(pipe, texts: list[str], device, **options) -> dict[str, torch.Tensor]:
-    embeds, mask, _, _ = pipe.encode_prompt(
-        texts, do_classifier_free_guidance=False, device=device, clean_caption=False, **options
-    )
-    return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
-
-
-def _sana_prompt(pipe, texts: list[str], device) -> dict[str, torch.Tensor]:
-    """Sana's prompts carry the pipeline's default complex human instruction, as its `__call__` adds it."""
-    instruction = inspect.signature(type(pipe).__call__).parameters["complex_human_instruction"].default
-    return _masked_prompt(pipe, texts, device, complex_human_instruction=instruction)
-
-
-#: Prompt encoders of the transformer pipelines, by conditioner kind.
-PROMPT_ENCODERS: dict[str, Callable] = {
-    "sd3": _sd3_prompt,
-    "flux": _flux_prompt,
-    "pixart": _masked_prompt,
-    "sana": _sana_prompt,
-}
 
 #: Conditioner kinds of transformer pipelines, by `model_index.json` `_class_name`.
 PIPELINE_KINDS = {
@@ -228,7 +185,7 @@ CONDITIONERS: dict[str, Callable] = {
     "sd": SDConditioner,
     "sdxl": SDXLConditioner,
     "none": NoConditioner,
-    **{kind: PipelineConditioner for kind in PROMPT_ENCODERS},
+    **{kind: PipelineConditioner for kind in PIPELINE_KINDS.values()},
 }
 
 
@@ -256,88 +213,30 @@ def _conditioner(root: Path, dtype: torch.dtype, device):
     kind = conditioner_kind(root)
     cls = CONDITIONERS[kind]
     if cls is PipelineConditioner:
-        return cls.load(root, kind, dtype, device)
+        return cls.load(root, dtype, device)
     return cls(*[_load_component(root, c, dtype, device) for c in cls.components])
 
 
-# ------------------------------------------------------------------------------------------- model calls
-def _unet_call(model, noisy, t, cond: dict) -> torch.Tensor:
-    return model(noisy, t, **unet_kwargs(cond)).sample
-
-
-def _sd3_call(model, noisy, t, cond: dict) -> torch.Tensor:
-    return model(hidden_states=noisy, timestep=t, **cond).sample
-
-
-#: The guidance Flux-dev's guidance embedding gets in training (diffusers' Flux training scripts' default).
-FLUX_GUIDANCE = 3.5
-
-
-def _flux_call(model, noisy, t, cond: dict, *, config) -> torch.Tensor:
-    """Flux: (B, C, h, w) latents packed into (B, h/2·w/2, 4C) tokens and unpacked after; t = σ in [0, 1]."""
-    from diffusers import FluxPipeline
-
-    b, c, h, w = noisy.shape
-    tokens = FluxPipeline._pack_latents(noisy, b, c, h, w)
-    img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, noisy.dtype)
-    text = cond["encoder_hidden_states"]
-    txt_ids = torch.zeros(text.shape[1], 3, device=noisy.device, dtype=noisy.dtype)
-    guidance = torch.full((b,), FLUX_GUIDANCE, device=noisy.device) if config.guidance_embeds else None
-    out = model(
-        hidden_states=tokens,
-        timestep=t / 1000,
-        guidance=guidance,
-        img_ids=img_ids,
-        txt_ids=txt_ids,
-        **cond,
-    ).sample
-    return FluxPipeline._unpack_latents(out, h, w, 1)
-
-
-def _pixart_call(model, noisy, t, cond: dict, *, config) -> torch.Tensor:
-    """PixArt: no micro-conditions; a learned-σ model's variance channels are dropped (the pipelines' samplers use
-    the ε half only, `PixArtSigmaPipeline.__call__`)."""
-    if config.get("use_additional_conditions"):
-        raise ValueError(
-            "PixArt models with resolution / aspect-ratio micro-conditioning (PixArt-α 1024) are not supported by "
-            "distill; use a PixArt-Σ model (use_additional_conditions false)"
-        )
-    added = {"resolution": None, "aspect_ratio": None}
-    out = model(noisy, timestep=t, added_cond_kwargs=added, **cond).sample
-    return out[:, : noisy.shape[1]] if config.out_channels == 2 * noisy.shape[1] else out
-
-
-def _sana_call(model, noisy, t, cond: dict, *, config) -> torch.Tensor:
-    return model(noisy, timestep=t * config.get("timestep_scale", 1.0), **cond).sample
-
-
-#: How a model of each class is called on (x_t (B, C, h, w), t (B,), flat conditioning) -> prediction (B, C, h, w).
-MODEL_CALLS: dict[str, Callable] = {
-    "UNet2DConditionModel": _unet_call,
-    "UNet2DModel": _unet_call,
-    "SD3Transformer2DModel": _sd3_call,
-    "FluxTransformer2DModel": _flux_call,
-    "PixArtTransformer2DModel": _pixart_call,
-    "SanaTransformer2DModel": _sana_call,
-}
-
-
+# -------------------------------------------------------------------------------------------- model call
 def model_call(model: nn.Module) -> Callable:
-    """The step call of `model`'s class: `call(module, x_t, t, cond) -> prediction`, where `module` is `model` or a
-    wrapper of it (DDP); the configuration is read from `model` here.
+    """The step call of `model`: `call(module, x_t, t, cond) -> prediction (B, C, h, w)`, where `module` is `model`
+    or a wrapper of it (DDP), called as its backbone says the family's pipeline calls it
+    (:meth:`~prune_lab.backbones.base.Backbone.denoise`; the configuration is read from `model` here).
 
     Raises:
-        ValueError: a class that text-to-image distillation does not handle (DiT: class-conditional).
+        ValueError: a model without a backbone, or a class-conditional one (DiT: no text to distil from).
     """
-    name = type(model).__name__
-    call = next((MODEL_CALLS[c.__name__] for c in type(model).__mro__ if c.__name__ in MODEL_CALLS), None)
-    if call is None:
-        why = " (a class-conditional model without text)" if name == "DiTTransformer2DModel" else ""
+    backbone = backbone_for(model)
+    if backbone.conditioning(model) == "class":
         raise ValueError(
-            f"distill has no step call for a {name}{why}; it retrains {', '.join(MODEL_CALLS)} students of "
-            "text-to-image pipelines"
+            f"distill has no step call for a {type(model).__name__} (a class-conditional model without text); it "
+            "retrains the U-Net and text-to-image transformer students of pipelines"
         )
-    return partial(call, config=model.config) if "config" in inspect.signature(call).parameters else call
+
+    def call(module: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        return backbone.denoise(model, x_t, t, cond, module=module)
+
+    return call
 
 
 # ---------------------------------------------------------------------------------------------- encoders

@@ -2,9 +2,10 @@
 
 Per micro-step (BK-SDM §3.2): draw z_0 from the VAE posterior, noise it to z_t at a timestep drawn as the model's
 scheduler defines training (:func:`prune_lab.runtime.schedule.noised`: DDPM's uniform t, or flow matching's σ), run
-the frozen teacher without gradients and the student through their class's call
-(:func:`~prune_lab.distill.encoders.model_call`), and evaluate :class:`~prune_lab.distill.losses.DistillationLoss`
-on the outputs and on the feature pairs. Every random number comes from a generator seeded by (seed, micro-step,
+the frozen teacher without gradients and the student as their backbone calls one step
+(:func:`~prune_lab.distill.encoders.model_call`: :meth:`~prune_lab.backbones.base.Backbone.denoise`, the call that
+scoring's calibration batches make too), and evaluate :class:`~prune_lab.distill.losses.DistillationLoss` on the
+outputs and on the feature pairs. Every random number comes from a generator seeded by (seed, micro-step,
 process), so the same step draws the same noise whether or not the run was interrupted and resumed.
 """
 

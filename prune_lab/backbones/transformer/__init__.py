@@ -90,12 +90,25 @@ class TransformerBackbone(Backbone):
         return _lazy("staged", "StagedTransformer")(model)
 
     def calibration_batches(self, model, **settings):
-        """Gaussian latents of the model's size (or `latent`), the family's objective (:mod:`.calibration`)."""
+        """Gaussian latents of the model's size (or `latent`) noised by the family's objective, called as
+        :meth:`model_kwargs` calls the model (:mod:`.calibration`)."""
         settings.setdefault("latent", self.latent_size(model))
         return _lazy("calibration", "calibration_batches")(model, **settings)
 
-    def encode_prompts(self, pipe, prompts, batch_size=8):
-        return _lazy("calibration", "encode_prompts")(pipe, prompts, batch_size)
+    def encode_prompts(self, pipe, prompts, batch_size=8, device=None):
+        return _lazy("calibration", "encode_prompts")(pipe, prompts, batch_size, device)
+
+    def model_kwargs(self, model, x_t, t, cond):
+        """Each family's pipeline call (:func:`.calibration.model_kwargs`: Flux packs the latents into tokens)."""
+        return _lazy("calibration", "model_kwargs")(model, x_t, t, cond)
+
+    def prediction(self, model, output, x_t):
+        """Flux's tokens unpacked, DiT's and PixArt's learned variance dropped (:func:`.calibration.prediction`)."""
+        return _lazy("calibration", "prediction")(model, output, x_t)
+
+    def conditioning(self, model) -> str:
+        """`class` for DiT (ImageNet labels), `text` for the others."""
+        return _lazy("calibration", "CONDITIONING").get(family_of(model).name, "text")
 
     def image_stream(self, model, module: str) -> int:
         """A block of a stack returning `(context, image)` (SD3, Flux) has the image last; anything else: 0."""

@@ -15,6 +15,8 @@ from ..base import BACKBONES, Backbone
 from . import presets  # noqa: F401  (registers the presets)
 from .architectures import ARCHITECTURES
 
+#: SDXL's added conditions, nested under `added_cond_kwargs` in the U-Net's call.
+ADDED_COND_KEYS = ("text_embeds", "time_ids")
 #: `--units` granularity -> unit kinds scored one by one (`pairs` is built from the stage slots).
 _SINGLE_KINDS = {
     "blocks": ("resnet", "attention"),
@@ -22,6 +24,15 @@ _SINGLE_KINDS = {
     "stages": ("stage", "mid"),
     "skips": ("skip",),
 }
+
+
+def unet_kwargs(cond: dict) -> dict:
+    """U-Net keyword arguments from a flat conditioning dict (SDXL's added conditions nested as diffusers wants)."""
+    kwargs = {k: v for k, v in cond.items() if k not in ADDED_COND_KEYS}
+    added = {k: cond[k] for k in ADDED_COND_KEYS if k in cond}
+    if added:
+        kwargs["added_cond_kwargs"] = added
+    return kwargs
 
 
 class UNetBackbone(Backbone):
@@ -91,6 +102,14 @@ class UNetBackbone(Backbone):
         from .staged import StagedUNet, supports_staging
 
         return StagedUNet(model) if supports_staging(model) else None
+
+    def model_kwargs(self, model, x_t, t, cond):
+        """`sample`, `timestep` and the conditioning (:func:`unet_kwargs`), as the SD pipelines call the U-Net."""
+        return {"sample": x_t, "timestep": t, **unet_kwargs(cond)}
+
+    def conditioning(self, model) -> str:
+        """`text` for U-Nets with cross-attention, `none` for unconditional ones (`UNet2DModel`)."""
+        return "text" if model.config.get("cross_attention_dim") else "none"
 
     def example_call(self, model, latent, device="meta", dtype=None):
         from .costs import unet_call
