@@ -268,7 +268,8 @@ def _export_and_distil(teacher, problem, removed_sets, folder) -> set[int]:
 
 
 def test_the_demo_pareto_plans_that_remove_levels_distil(tmp_path):
-    """The issue's path (score -> plan -> apply -> distill on the demo): D4+U1, then D3+U2, the mid stage kept.
+    """The issue's path (score -> plan -> apply -> distill on the demo): D4+U1, then D3+U2 (and, on the exact
+    solver's front, a third level), the mid stage kept.
 
     The largest and the smallest plan for each number of levels removed (all of them: the slow test below).
     """
@@ -277,7 +278,8 @@ def test_the_demo_pareto_plans_that_remove_levels_distil(tmp_path):
     for removed in plans:
         by_levels.setdefault(resolve(problem.plan(removed), problem.graph).removed_levels, []).append(removed)
     chosen = [p for count, group in by_levels.items() if count for p in {min(group, key=len), max(group, key=len)}]
-    assert _export_and_distil(teacher, problem, chosen, tmp_path) == {1, 2}
+    assert {1, 2} <= set(by_levels)
+    assert _export_and_distil(teacher, problem, chosen, tmp_path) == set(by_levels) - {0}
 
 
 @pytest.mark.slow  # ~90 plans, each exported, reloaded (most of the time) and distilled: ~3 min of CPU

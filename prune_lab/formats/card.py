@@ -82,10 +82,10 @@ def card_facts(folder: Path, plan, teacher, student, source: str, export_format:
         source: the teacher's `--model`.
         export_format: the export marker's format, None for a plain diffusers U-Net.
     """
-    from ..backbones import resolve, walk
+    from ..backbones import backbone_for, resolve, walk
     from ..plan import fingerprint
 
-    latent = teacher.config.sample_size
+    latent = backbone_for(teacher).latent_size(teacher)
     before, after = _profile(teacher, latent), _profile(student, latent)
     index = folder / "model_index.json"
     pipeline = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
