@@ -104,6 +104,133 @@ def test_a_plan_searched_on_a_student_is_restated_against_the_teacher(sd_unet):
         compose_plan(sd_unet, teacher, gone, mapped, substitutes, source="t", meta={})
 
 
+def _round_one(problem) -> tuple[frozenset[str], dict[str, str]]:
+    """A first round of every kind later rounds must restate: a down/up slot pair whose up slot is not its stage's
+    last (the later consumers renumber), the attention of a later slot of that up stage alone (its stand-in stays
+    beside a real resnet) and an up resnet alone whose attention stays (its stand-in keeps the skip).
+
+    Returns:
+        (the atoms removed, role -> the teacher unit it names: `pair_up`, `moved` (the slot after the pair's up
+        slot), `attention`, `resnet`).
+    """
+    graph, removed, roles = problem.graph, frozenset(), {}
+
+    def take(kind: str, fits) -> str:
+        nonlocal removed
+        move = next(
+            m
+            for m in problem.moves
+            if m.kind == kind and fits(m) and not m.atoms & removed and problem.valid(removed | m.atoms)
+        )
+        removed |= move.atoms
+        return move.members[-1] if kind == "pair" else move.members[0]
+
+    def up(name: str) -> tuple[str, int]:
+        stage, _, j = name.rpartition(".")
+        return stage.rsplit(".", 1)[0], int(j)
+
+    def later_slot_has_attention(m) -> bool:
+        stage, j = up(m.members[-1])
+        return f"{stage}.attentions.{j + 2}" in graph
+
+    pair_up = take("pair", later_slot_has_attention)  # the up slot's attention (or resnet) closes the members
+    stage, j = up(pair_up)
+    roles["pair_up"], roles["moved"] = f"{stage}.resnets.{j}", f"{stage}.resnets.{j + 1}"
+    roles["attention"] = take("attention", lambda m: m.members == (f"{stage}.attentions.{j + 2}",))
+    roles["resnet"] = take(  # in another up stage
+        "resnet",
+        lambda m: (
+            m.members[0].startswith("up_")
+            and up(m.members[0])[0] != stage
+            and m.members[0].replace("resnets", "attentions") in graph
+        ),
+    )
+    return removed, roles
+
+
+@pytest.mark.parametrize("unet_fixture", ["sd_unet", "sdxl_unet"])
+def test_round_two_searches_restate_as_valid_teacher_plans(unet_fixture, request):
+    """Regression: `progressive` failed in round 2 with "skip:... is kept but its consumer ... is removed" when the
+    search on the student removed a resnet beside the stand-in of an attention removed in round 1 (valid on the
+    student, whose stand-in keeps the slot; no plan of the teacher says it). The restated search refuses exactly
+    such removals; everything it admits composes into a valid teacher plan removing exactly the mapped atoms, with
+    the costs of the student's own plan."""
+    from conftest import run_unet, unet_inputs
+    from test_distill_pairs import _magnitude_scores
+
+    from prune_lab.backbones import backbone_for, build_student, walk
+    from prune_lab.distill.compose import (
+        Restatement,
+        compose_plan,
+        into_teacher_layout,
+        origins,
+        removed_atoms,
+        restated_problem,
+    )
+    from prune_lab.runtime.budget import Budget
+    from prune_lab.search import build_problem, search
+
+    model = request.getfixturevalue(unet_fixture)
+    teacher_problem = build_problem(model, _magnitude_scores(model), source="t")
+    teacher = teacher_problem.graph
+    first, roles = _round_one(teacher_problem)
+    plan1 = teacher_problem.plan(first)
+    student = build_student(model, plan1).student
+    sgraph, umap = walk(student), backbone_for(student).unit_map(student)
+    mapped = origins(sgraph, teacher, umap)
+    name = {t: s for s, t in umap.items()}  # teacher module -> student module
+    before = removed_atoms(teacher, plan1)
+    assert before == first
+
+    # skips follow their renumbered consumers; the consumer's weights are the teacher's it is mapped to
+    moved = name[roles["moved"]]
+    assert moved == roles["pair_up"]  # the slot after the removed one took its index
+    assert mapped[f"skip:{moved}"] == f"skip:{roles['moved']}"
+    for s, t in mapped.items():
+        if not s.startswith("skip:"):
+            a, b = student.get_submodule(s).state_dict(), model.get_submodule(t).state_dict()
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k][tuple(map(slice, a[k].shape))]) for k in a)
+    assert set(mapped.values()) == {u.name for u in teacher.atoms()} - first - {f"skip:{roles['resnet']}"}
+    stand_ins = {u.name for u in sgraph.atoms() if u.name not in mapped}
+    lone_resnet = name[roles["resnet"].replace("resnets", "attentions")].replace("attentions", "resnets")
+    lone_attention = name[roles["attention"].replace("attentions", "resnets")].replace("resnets", "attentions")
+    assert stand_ins == {lone_resnet, f"skip:{lone_resnet}", lone_attention}  # the skip of a stand-in stays too
+
+    plain = build_problem(student, _magnitude_scores(student), keep_units=sorted(stand_ins), source="s")
+    restatement = Restatement(model, teacher, before, mapped)
+    restated = restated_problem(plain, restatement)
+    none = frozenset()
+    # the failing case: the real resnet beside the attention's stand-in (and, mirrored, the attention beside the
+    # resnet's): valid on the student, the teacher's slot loses every member but keeps its skip
+    for alone in (lone_attention.replace("attentions", "resnets"), lone_resnet.replace("resnets", "attentions")):
+        move = next(m for m in plain.moves if m.members == (alone,))
+        assert plain.admissible(none, move) is not None and restated.admissible(none, move) is None
+        with pytest.raises(ValueError, match="is kept but its consumer"):
+            compose_plan(model, teacher, before, mapped, move.atoms, source="t", meta={})
+    # every single move the restated search admits composes, removing exactly the mapped teacher atoms
+    admitted = [m for m in plain.moves if restated.admissible(none, m) is not None]
+    assert {m.kind for m in admitted} >= {"pair", "attention", "resnet"}  # a skip alone: no block score
+    for move in admitted:
+        plan, gone = restatement.plan(move.atoms)
+        assert gone == before | {mapped[a] for a in move.atoms} and removed_atoms(teacher, plan) == gone
+    # both strategies, down to 70% of the teacher: the teacher plan, applied to the student's weights placed in the
+    # teacher's layout (as the next round's export does), is the student's own plan: same weights, same outputs
+    with torch.no_grad():  # "training": the student's weights now differ from the teacher's
+        for p in student.parameters():
+            p.add_(0.01)
+    full, inputs = into_teacher_layout(model, student, plan1, umap), unet_inputs(model)
+    limit = 0.7 * sum(p.numel() for p in model.parameters())
+    for strategy in ("greedy", "exact"):
+        found = search(restated, Budget("params", limit, False, "params=0.7"), strategy)
+        assert found.predicted["params"] <= limit
+        plan, gone = restatement.plan(found.removed)
+        assert removed_atoms(teacher, plan) == before | {mapped[a] for a in found.removed}
+        ours, theirs = build_student(student, found.plan).student, build_student(full, plan).student
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        torch.testing.assert_close(run_unet(theirs, inputs), run_unet(ours, inputs))
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 def progressive_argv(data, out) -> list[str]:
     return [

@@ -52,7 +52,7 @@ def config_of(args: argparse.Namespace):
         criterion=args.criterion,
         steps_per_round=args.steps_per_round,
         schedule=args.schedule,
-        strategy=args.strategy,
+        **({"strategy": args.strategy} if args.strategy else {}),  # else the plan search's default
         expressible=args.expressible,
         units=args.units,
         calibration=_calibration(args),
@@ -110,7 +110,9 @@ def register(subparsers) -> None:
         default="geometric",
         help="round r's budget: geometric f^(r/K) (the same share of what is left each round, default) or linear",
     )
-    p.add_argument("--strategy", default="greedy", help="search strategy (as `plan --strategy`; default greedy)")
+    p.add_argument(
+        "--strategy", help="search strategy (as `plan --strategy`; default exact, the least importance lost)"
+    )
     p.add_argument("--expressible", action="store_true", help="only plans that export as a plain diffusers U-Net")
     p.add_argument("--format", choices=FORMATS, default="table")
     g = p.add_argument_group("scoring (as `prunelab score`)")

@@ -5,6 +5,12 @@ student's own module paths. :func:`origins` maps every student atom that came fr
 through `unit_map.json` (a skip by its consumer); the parameter-free substitutes of units already removed have no
 origin and stay where they are. :func:`compose_plan` adds the round's removals to the teacher atoms removed before and
 writes the plan against the teacher, so every plan and export stays relative to the original teacher.
+
+Not every removal valid on the student reads as a valid plan of the teacher: a substitute keeps its slot alive in the
+student, so removing the slot's last real member (a resnet beside the stand-in of an attention removed earlier) is a
+valid student plan, but in the teacher that slot has lost every member while its skip is kept, which no plan can say.
+:func:`restated_problem` makes the search on the student admit only removals whose teacher plan the backbone accepts
+and can build (:class:`Restatement`), so whatever the search finds composes.
 :func:`into_teacher_layout` places a trained student's weights back into a copy of the teacher (a dropped skip's
 consumer in its leading input channels, where export slicing takes them from), and checks that rebuilding the
 student's own plan from that copy gives the student back exactly.
@@ -14,12 +20,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 
 from ..backbones import backbone_of, build_student, make_plan
 from ..plan import Plan, expand_keep
+from ..search.problem import Problem
 from ..units import Graph
 
 
@@ -70,7 +78,8 @@ def compose_plan(
         (plan, every teacher atom it removes).
 
     Raises:
-        ValueError: a removed student atom has no teacher origin.
+        ValueError: a removed student atom has no teacher origin, or the plan is no valid plan of the teacher (the
+            backbone's resolution names why).
     """
     removed = list(removed)
     orphans = [a for a in removed if a not in mapped]
@@ -78,9 +87,63 @@ def compose_plan(
         raise ValueError(f"{orphans[0]} has no unit of the teacher behind it (a substitute); it cannot be removed")
     gone = before | {mapped[a] for a in removed}
     keep = [u.name for u in teacher.atoms() if u.name not in gone]
-    actions = backbone_of(teacher).removal_actions(teacher, gone)
-    plan = make_plan(teacher_model, keep, source=source, actions=actions, meta=meta, graph=teacher)
+    backbone = backbone_of(teacher)
+    plan = make_plan(
+        teacher_model, keep, source=source, actions=backbone.removal_actions(teacher, gone), meta=meta, graph=teacher
+    )
+    backbone.resolve(plan, teacher)
     return plan, frozenset(gone)
+
+
+@dataclass(frozen=True)
+class Restatement:
+    """How the current student's removals read against the original teacher.
+
+    Attributes:
+        teacher_model / teacher: the original teacher and its walk.
+        before: teacher atoms removed in earlier rounds.
+        mapped: :func:`origins` of the current student.
+    """
+
+    teacher_model: nn.Module
+    teacher: Graph
+    before: frozenset[str]
+    mapped: Mapping[str, str]
+
+    def plan(
+        self, removed: Iterable[str], *, source: str = "", meta: dict | None = None
+    ) -> tuple[Plan, frozenset[str]]:
+        """:func:`compose_plan` of the student atoms `removed`."""
+        return compose_plan(
+            self.teacher_model, self.teacher, self.before, self.mapped, removed, source=source, meta=meta or {}
+        )
+
+    def valid(self, removed: frozenset[str], *, expressible: bool = False) -> bool:
+        """Whether removing the student atoms `removed` restates as a teacher plan the backbone accepts and builds."""
+        try:
+            plan, gone = self.plan(removed)
+        except ValueError:  # a substitute among them, or a plan the teacher's resolution refuses
+            return False
+        backbone = backbone_of(self.teacher)
+        return backbone.buildable(self.teacher_model, self.teacher, gone, plan, expressible=expressible)
+
+
+@dataclass
+class StudentProblem(Problem):
+    """A search problem on a student whose every admissible removal also restates against the teacher."""
+
+    restatement: Restatement | None = None
+
+    def _check(self, removed: frozenset[str]) -> bool:
+        if not super()._check(removed):
+            return False
+        return self.restatement is None or self.restatement.valid(removed, expressible=self.expressible)
+
+
+def restated_problem(problem: Problem, restatement: Restatement) -> StudentProblem:
+    """`problem` (built on the current student) admitting only removals `restatement` turns into teacher plans."""
+    given = {f.name: getattr(problem, f.name) for f in fields(problem) if f.init}
+    return StudentProblem(**given, restatement=restatement)
 
 
 def _teacher_key(key: str, unit_map: Mapping[str, str]) -> str:

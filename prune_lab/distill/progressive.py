@@ -38,9 +38,9 @@ from ..runtime.tables import render
 from ..runtime.validate import read_json
 from ..scoring import read_scores, score_model
 from ..scoring.inputs import CalibrationSource
-from ..search import build_problem, get_strategy, search
+from ..search import DEFAULT_STRATEGY, build_problem, get_strategy, search
 from ..search.costs import exact_costs
-from .compose import compose_plan, into_teacher_layout, origins, removed_atoms
+from .compose import Restatement, into_teacher_layout, origins, removed_atoms, restated_problem
 from .files import load_student
 from .recipe import DistillConfig, DistillRecipe
 
@@ -78,7 +78,8 @@ class ProgressiveConfig:
         target: final budget, `RESOURCE=VALUE` (params, macs or macs_with_attention; a fraction or an amount).
         rounds / schedule: K rounds, budgets shrinking `geometric` (default) or `linear` (see the module docstring).
         criterion / units / calibration / timesteps / options / device: scoring, as `prunelab score` takes them.
-        strategy / expressible: the search, as `prunelab plan --target` takes them.
+        strategy / expressible: the search, as `prunelab plan --target` takes them (default: the plan search's,
+            `exact`); on a student it admits only removals that restate against the teacher (:mod:`.compose`).
         steps_per_round: optimizer steps of distillation per round.
         training: further :class:`DistillConfig` fields (batch_size, lr, lambdas, feature_layers ...).
     """
@@ -91,7 +92,7 @@ class ProgressiveConfig:
     criterion: str
     steps_per_round: int
     schedule: str = "geometric"
-    strategy: str = "greedy"
+    strategy: str = DEFAULT_STRATEGY
     expressible: bool = False
     units: str = "blocks"
     calibration: CalibrationSource = field(default_factory=CalibrationSource)
@@ -287,6 +288,7 @@ class Progressive:
         model, before_plan, umap = self._current(student)
         graph = walk(model)
         mapped = origins(graph, self.graph, umap)
+        restatement = Restatement(self.teacher, self.graph, removed_atoms(self.graph, before_plan), mapped)
         resource = self.budget.resource
         fraction = self.fractions[r - 1]
         limit = fraction * self.base[resource]
@@ -300,8 +302,7 @@ class Progressive:
             where=str(scores),
         )
         text = f"{resource}={fraction:.6g} (round {r} of {self.cfg.rounds}, of the teacher)"
-        found = search(problem, Budget(resource, limit, False, text), self.cfg.strategy)
-        before = removed_atoms(self.graph, before_plan)
+        found = search(restated_problem(problem, restatement), Budget(resource, limit, False, text), self.cfg.strategy)
         meta = {
             "progressive": {
                 "round": r,
@@ -316,9 +317,7 @@ class Progressive:
             },
             "search": found.plan.meta.get("search", {}),
         }
-        plan, _ = compose_plan(
-            self.teacher, self.graph, before, mapped, found.removed, source=self.cfg.model, meta=meta
-        )
+        plan, _ = restatement.plan(found.removed, source=self.cfg.model, meta=meta)
         costs, compacted = exact_costs(self.teacher, plan, self.latent)
         if costs[resource] > limit:
             spec = RESOURCES.get(resource)

@@ -179,7 +179,7 @@ class Study:
                 if arm.retrained_by_study:
                     out[f"before:{arm.plan.text}"] = self.student(arm.plan)
         for arm in self.arms:
-            out[f"arm:{arm.name}"] = self.work / "arms" / arm.slug
+            out[f"arm:{arm.name}"] = self.trained(arm)
         return out
 
     # makers

@@ -158,14 +158,17 @@ def _own(graph: UNetGraph, cost: Callable[[str], float]) -> dict[str, float]:
 
 
 def _skip_drop(unet: nn.Module, graph: UNetGraph, resource: str, cost: Callable[[str], float]) -> dict[str, float]:
-    """What dropping each skip saves in its consumer (`conv1`, `conv_shortcut`, `norm1` input channels)."""
+    """What dropping each skip saves in its consumer (`conv1`, `conv_shortcut`, `norm1` input channels; nothing in
+    the parameter-free substitute of a consumer removed earlier, as in a progressive round's student)."""
     out = {}
     for skip in graph.of_kind("skip"):
         consumer = unet.get_submodule(skip.consumer)
         share = skip.out_channels / graph[skip.consumer].in_channels
         parts = [a for a in ("norm1", "conv1", "conv_shortcut") if getattr(consumer, a, None) is not None]
         if resource == "params":  # conv biases stay; GroupNorm affine and conv weights lose the skip's share
-            sizes = [getattr(consumer, a).weight.numel() for a in parts[1:]] + [cost(f"{skip.consumer}.norm1")]
+            sizes = [
+                getattr(consumer, a).weight.numel() if a != "norm1" else cost(f"{skip.consumer}.{a}") for a in parts
+            ]
             out[skip.name] = share * sum(sizes)
         else:
             out[skip.name] = share * sum(cost(f"{skip.consumer}.{a}") for a in parts)
