@@ -71,7 +71,10 @@ def test_clip_is_refused_on_dit_in_one_line(tmp_path, prompts, tiny_clip, capsys
     assert _score_clip(folder, out, prompts, tiny_clip) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert "--criterion clip does not apply to DiTTransformer2DModel (transformer) (it needs generation)" in err[0]
+    assert (
+        "--criterion clip does not apply to transformer models of class DiTTransformer2DModel (it needs generation)"
+        in err[0]
+    )
     assert not (tmp_path / "out").exists()
 
 

@@ -204,7 +204,7 @@ def list_criteria(backbone=None, model=None) -> list[str]:
 def check_applicable(names: Iterable[str], backbone, model=None) -> None:
     """Raise a ValueError naming the first of `names` that does not apply to `backbone` (to `model`, when given),
     and those that do."""
-    what = f"{backbone.name} models" if model is None else f"{type(model).__name__} ({backbone.name})"
+    what = f"{backbone.name} models" + ("" if model is None else f" of class {type(model).__name__}")
     for name in names:
         lacking = get_criterion(name).lacking(backbone, model)
         if lacking:
