@@ -83,6 +83,7 @@ def test_explicit_ddpm_sampler_on_a_flow_pipeline_is_one_line(sd3_dir, tmp_path,
     assert _score_clip(sd3_dir, out, prompts, tiny_clip, "--scheduler", "pndm") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot sample a flow-matching pipeline; use flow-euler" in err[0]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -119,3 +120,18 @@ def test_generate_on_sd3_without_a_scheduler(sd3_dir, tmp_path, capsys):
     assert main([*argv, "--scheduler", "pndm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scheduler 'flow-euler' -> 'pndm'" in err[0]
+
+
+def test_unet_default_is_still_pndm_and_its_steps_are_checked_before_writing(
+    tiny_pipeline_dir,
+    tmp_path,
+    prompts,  # noqa: F811
+    tiny_clip,  # noqa: F811
+    capsys,
+):
+    out = tmp_path / "out" / "scores.csv"
+    argv = ["score", "--model", str(tiny_pipeline_dir), "--criterion", "clip", "-o", str(out), "--quiet"]
+    assert main([*argv, "--prompts", str(prompts), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["prunelab score: error: --steps 1: the pndm sampler needs at least 2 steps"]
+    assert not (tmp_path / "out").exists()

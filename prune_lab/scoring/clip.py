@@ -43,6 +43,8 @@ def clip(inputs: ScoringInputs) -> UnitScorer:
     opt, unet, graph = inputs.options_for(ClipOptions), inputs.unet, inputs.graph
     if not inputs.prompts:
         raise ValueError("the clip criterion needs prompts: pass --prompts FILE")
+    name = samplers.resolve(opt.scheduler, inputs.pipeline.scheduler.config)
+    samplers.check_steps(name, opt.steps)
     scorer = opt.scorer or load_clip(
         opt.clip_model or DEFAULT_CLIP_MODEL,
         opt.clip_pretrained or DEFAULT_CLIP_PRETRAINED,
@@ -51,8 +53,6 @@ def clip(inputs: ScoringInputs) -> UnitScorer:
     )
     # config_only: this criterion has always built its sampler from the pipeline's config alone (see
     # prune_lab.runtime.samplers), so its scores stay what they were
-    name = samplers.resolve(opt.scheduler, inputs.pipeline.scheduler.config)
-    samplers.check_steps(name, opt.steps)
     pipe = samplers.with_sampler(inputs.pipeline, name, config_only=True)
     latents = initial_latents(pipe, len(inputs.prompts), inputs.seed)
     kwargs = dict(steps=opt.steps, guidance=opt.guidance, batch_size=opt.batch_size)

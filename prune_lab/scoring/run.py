@@ -37,13 +37,22 @@ class ScoreRun:
     calibration: str | None = None
 
 
+def _check_sampler(name: str | None, steps: int, pipeline) -> str:
+    """The sampler's resolved name, once it is known to sample `pipeline` in `steps` steps (before anything is
+    written)."""
+    name = samplers.resolve(name, pipeline.scheduler.config)
+    samplers.check_steps(name, steps)
+    samplers.build_sampler(name, pipeline.scheduler.config, config_only=True)
+    return name
+
+
 def _settings(model, units: str, only, timesteps: int, dtype: str, source: CalibrationSource, inputs: ScoringInputs):
     """What a `--resume` must match: everything that changes a score."""
     from ..plan import fingerprint
 
     options = {f.name: getattr(o, f.name) for o in inputs.options for f in fields(o) if f.name in SCORE_OPTIONS}
     if "scheduler" in options and inputs.pipeline is not None:  # the resolved name: `pndm` for a U-Net, as before
-        options["scheduler"] = samplers.resolve(options["scheduler"], inputs.pipeline.scheduler.config)
+        options["scheduler"] = _check_sampler(options["scheduler"], options["steps"], inputs.pipeline)
     return {
         "model": str(model),
         "fingerprint": fingerprint(inputs.unet),
