@@ -129,6 +129,11 @@ class Backbone:
     calibration: str = "latent"
 
     # ------------------------------------------------------------------------------------------ what exists
+    def capabilities_of(self, model) -> frozenset[str]:
+        """The capabilities of `model` itself: :attr:`capabilities` (what every model of the family has), plus what
+        only some of its models have (a text-to-image transformer's `generation`)."""
+        return self.capabilities
+
     def walk(self, model) -> Graph:
         """Every prunable unit of `model`, in forward order (works on `meta` weights)."""
         raise NotImplementedError

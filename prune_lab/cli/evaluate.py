@@ -185,7 +185,11 @@ def _register_generate(subparsers) -> None:
     p.add_argument("--out", required=True, type=T.non_empty, help="image folder; existing images are kept and skipped")
     p.add_argument("--steps", type=T.positive_int, default=25, help="denoising steps (default 25, as BK-SDM)")
     p.add_argument("--guidance", type=T.finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--scheduler", choices=samplers.names(), default="pndm", help="sampler (default pndm)")
+    p.add_argument(
+        "--scheduler",
+        choices=samplers.names(),
+        help="sampler (default: pndm for DDPM-style pipelines as BK-SDM, flow-euler for SD3 / Flux, dpm for Sana)",
+    )
     p.add_argument("--resolution", type=T.positive_int, help="square image side (default: the model's, 512 for SD-v1)")
     p.add_argument(
         "--batch-size", type=T.positive_int, default=1, help="prompts per pipeline call (images do not depend on it)"

@@ -53,9 +53,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.save_calib:
         check_file("--save-calib", args.save_calib)
     check_device(args.device)
-    fewest = samplers.SAMPLERS.get(args.scheduler).min_steps
-    if args.steps < fewest:
-        raise ValueError(f"--steps {args.steps}: the {args.scheduler} sampler needs at least {fewest} steps")
+    if args.scheduler is not None:  # else checked once the pipeline names its default
+        samplers.check_steps(args.scheduler, args.steps)
     if args.clip_checkpoint:
         from ..runtime.clip import check_clip_checkpoint
 
@@ -127,7 +126,8 @@ def _criterion_args(p: argparse.ArgumentParser) -> None:
         "--scheduler",
         choices=samplers.names(),
         default=ClipOptions.scheduler,
-        help=f"sampler for generation (default {ClipOptions.scheduler})",
+        help="sampler for generation (default: pndm for DDPM-style pipelines as BK-SDM, flow-euler for SD3 / Flux, "
+        "dpm for Sana)",
     )
     g.add_argument(
         "--steps",

@@ -11,7 +11,9 @@ skipped. The settings that decide the pixels go to ``OUT/generation.json``; resu
 error rather than a silently mixed folder.
 
 Processes: process ``k`` of ``n`` takes prompt indices ``k, k+n, k+2n, ...`` (run the CLI under
-``accelerate launch``). The BK-SDM protocol (Kim et al., 2023) is PNDM, 25 steps, guidance 7.5, 512x512.
+``accelerate launch``). The BK-SDM protocol (Kim et al., 2023) is PNDM, 25 steps, guidance 7.5, 512x512; with no
+sampler named, a flow-matching pipeline (SD3, Flux) takes its flow sampler and Sana its DPM-Solver on flow sigmas
+(:func:`prune_lab.runtime.samplers.default_sampler`), and ``generation.json`` records the name resolved.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class GenerationConfig:
     Attributes:
         steps: denoising steps.
         guidance: classifier-free guidance scale.
-        scheduler: a :mod:`prune_lab.runtime.samplers` name.
+        scheduler: a :mod:`prune_lab.runtime.samplers` name; None: the pipeline's default
+            (:func:`~prune_lab.runtime.samplers.default_sampler`, `pndm` for SD / SDXL as BK-SDM).
         resolution: square image side in pixels; None uses the model's native size.
         seed: base seed; prompt ``i`` uses :func:`prompt_seed` ``(seed, i)``.
         batch_size: prompts per pipeline call.
@@ -58,14 +61,14 @@ class GenerationConfig:
 
     steps: int = 25
     guidance: float = 7.5
-    scheduler: str = "pndm"
+    scheduler: str | None = None
     resolution: int | None = None
     seed: int = 0
     batch_size: int = 1
     ext: str = "png"
 
     def __post_init__(self):
-        if self.scheduler not in samplers.SAMPLERS:
+        if self.scheduler is not None and self.scheduler not in samplers.SAMPLERS:
             raise ValueError(samplers.SAMPLERS.unknown(self.scheduler))
         if self.ext not in IMAGE_FORMATS:
             raise ValueError(f"unknown image format {self.ext!r}; choose one of {', '.join(IMAGE_FORMATS)}")
@@ -101,14 +104,15 @@ def _require_text_to_image(pipe: DiffusionPipeline, model) -> None:
 def load_pipeline(
     model: str | os.PathLike,
     *,
-    scheduler: str = "pndm",
+    scheduler: str | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> DiffusionPipeline:
     """Load a text-to-image pipeline folder, hub id or built-in name with the chosen sampler, for evaluation.
 
-    :func:`prune_lab.pipelines.load_pipeline` with evaluation's settings: the sampler's registered
-    overrides (PNDM skips its Runge-Kutta steps), fp32 on the CPU unless asked, and no safety checker (as in
+    :func:`prune_lab.pipelines.load_pipeline` with evaluation's settings: the sampler `scheduler` (None: the
+    pipeline's default, :func:`~prune_lab.runtime.samplers.default_sampler`) with its registered overrides (PNDM
+    skips its Runge-Kutta steps), fp32 on the CPU unless asked, and no safety checker (as in
     BK-SDM's benchmark runs, so that no image is replaced by a black one). A prune_lab export in the compact format
     is rebuilt by :func:`prune_lab.load_pruned`; the pipeline class comes from ``model_index.json``.
 
@@ -116,7 +120,9 @@ def load_pipeline(
         FileNotFoundError: no pipeline there.
         ValueError: unknown sampler, or a pipeline that takes no prompt.
     """
-    pipe = pipelines.load_pipeline(model, device, dtype=dtype, sampler=scheduler, safety_checker=False)
+    pipe = pipelines.load_pipeline(model, dtype=dtype, safety_checker=False)
+    pipe.scheduler = samplers.build_sampler(scheduler, pipe.scheduler.config)
+    pipe = pipe.to(device)
     _require_text_to_image(pipe, model)
     return pipe
 
@@ -238,5 +244,7 @@ def generation_settings(
     }
     if pipe is not None and config.resolution is None:
         record["resolution"] = native_resolution(pipe)
+    if pipe is not None:  # the sampler's name (the default resolved; the pipe's scheduler is the sampler's build)
+        record["scheduler"] = samplers.resolve(config.scheduler, pipe.scheduler.config)
     record.pop("batch_size")
     return record

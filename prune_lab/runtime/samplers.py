@@ -14,7 +14,11 @@ only when a sampler is built.
 
 A `FlowMatchEulerDiscreteScheduler` config (SD3, Flux) takes `flow-euler` only, and `flow-euler` takes only such a
 config: the flow pipelines pass sigmas (and Flux its shift μ) that the DDPM samplers cannot take. Sana's DPM-Solver
-on flow sigmas takes `dpm`.
+on flow sigmas (`use_flow_sigmas`) takes `dpm` only: the other DDPM samplers have no flow sigmas.
+
+No name (None) is :func:`default_sampler` of the pipeline's scheduler config: `pndm` (the BK-SDM protocol) for
+DDPM-style pipelines, `flow-euler` for flow-matching ones, `dpm` for DPM-Solver on flow sigmas (Sana). Callers
+record the resolved name (:func:`resolve`), so a U-Net's settings read `pndm` as they always did.
 
 Every sampler is built with `from_config(pipeline scheduler config, **overrides)`, so the noise schedule (betas,
 steps, prediction type) is the pipeline's own. A config that already names another `algorithm_type` for `dpm`
@@ -37,6 +41,8 @@ from .registry import Registry
 
 #: The scheduler class of flow-matching pipelines (SD3, Flux).
 FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
+#: The only DDPM-style scheduler class that samples on flow sigmas (Sana's `use_flow_sigmas` DPM-Solver).
+FLOW_SIGMAS_SCHEDULER = "DPMSolverMultistepScheduler"
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,11 @@ class SamplerSpec:
             kind = "a flow-matching" if flow_config else f"a {config.get('_class_name', 'DDPM-style')}"
             fix = "flow-euler" if flow_config else "pndm, ddim, euler or dpm"
             raise ValueError(f"sampler {self.class_name} cannot sample {kind} pipeline; use {fix}")
+        if config.get("use_flow_sigmas") and self.class_name != FLOW_SIGMAS_SCHEDULER:
+            raise ValueError(
+                f"sampler {self.class_name} cannot sample a pipeline on flow sigmas ({config.get('_class_name')} "
+                "with use_flow_sigmas, e.g. Sana); use dpm"
+            )
         return self.scheduler_class().from_config(config, **({} if config_only else self.overrides))
 
 
@@ -101,17 +112,39 @@ def names() -> list[str]:
     return SAMPLERS.names()
 
 
-def build_sampler(name: str, config, *, config_only: bool = False):
-    """The sampler `name` built from a scheduler config (see the module docstring for `config_only`).
+def default_sampler(config) -> str:
+    """The sampler a scheduler config gets when none is named: `flow-euler` for a flow-matching config (SD3, Flux),
+    `dpm` for DPM-Solver on flow sigmas (Sana), else `pndm` (BK-SDM's protocol: SD, SDXL, PixArt)."""
+    if config.get("_class_name") == FLOW_SCHEDULER:
+        return "flow-euler"
+    return "dpm" if config.get("use_flow_sigmas") else "pndm"
+
+
+def resolve(name: str | None, config) -> str:
+    """`name`, or :func:`default_sampler` of `config` when None (the name settings files record)."""
+    return default_sampler(config) if name is None else name
+
+
+def check_steps(name: str, steps: int, flag: str = "--steps") -> None:
+    """Raise a ValueError when the sampler `name` cannot take `steps` denoising steps (PNDM needs two)."""
+    fewest = SAMPLERS.get(name).min_steps
+    if steps < fewest:
+        raise ValueError(f"{flag} {steps}: the {name} sampler needs at least {fewest} steps")
+
+
+def build_sampler(name: str | None, config, *, config_only: bool = False):
+    """The sampler `name` (None: :func:`default_sampler`) built from a scheduler config (see the module docstring
+    for `config_only`).
 
     Raises:
-        ValueError: unknown name (with the closest one and the list).
+        ValueError: unknown name (with the closest one and the list), or one that cannot sample this config.
     """
-    return SAMPLERS.get(name).build(config, config_only=config_only)
+    return SAMPLERS.get(resolve(name, config)).build(config, config_only=config_only)
 
 
-def with_sampler(pipe, name: str, *, config_only: bool = False):
-    """A pipeline sharing `pipe`'s modules, with the sampler `name` built from `pipe`'s scheduler config.
+def with_sampler(pipe, name: str | None, *, config_only: bool = False):
+    """A pipeline sharing `pipe`'s modules, with the sampler `name` (None: :func:`default_sampler`) built from
+    `pipe`'s scheduler config.
 
     `pipe` itself is left unchanged (its scheduler stays), so one loaded pipeline can serve several samplers.
     """

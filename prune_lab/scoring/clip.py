@@ -31,8 +31,10 @@ def _save(images: list, folder: Path) -> None:
 def clip(inputs: ScoringInputs) -> UnitScorer:
     """Generation-level criterion of BK-SDM (Kim et al., 2023, Fig 5; CLIP score of Hessel et al., 2021).
 
-    With the unit taken out, images are generated for the prompts (default PNDM, 25 steps, guidance 7.5) from the
-    same seeded initial latents as the unpruned run, and scored by an open_clip model: raw = mean cosine similarity
+    With the unit taken out, images are generated through the model's own pipeline (a U-Net's, or a text-to-image
+    transformer's: SD3, Flux, PixArt, Sana) for the prompts (default sampler: PNDM for DDPM-style pipelines as
+    BK-SDM, the flow sampler for flow-matching ones; 25 steps, guidance 7.5) from the same seeded initial latents as
+    the unpruned run, and scored by an open_clip model: raw = mean cosine similarity
     between image and prompt embeddings (the unpruned `clip_baseline` in the extras). Importance = baseline − raw
     (the drop in CLIP score); higher = more important.
 
@@ -41,6 +43,8 @@ def clip(inputs: ScoringInputs) -> UnitScorer:
     opt, unet, graph = inputs.options_for(ClipOptions), inputs.unet, inputs.graph
     if not inputs.prompts:
         raise ValueError("the clip criterion needs prompts: pass --prompts FILE")
+    name = samplers.resolve(opt.scheduler, inputs.pipeline.scheduler.config)
+    samplers.check_steps(name, opt.steps)
     scorer = opt.scorer or load_clip(
         opt.clip_model or DEFAULT_CLIP_MODEL,
         opt.clip_pretrained or DEFAULT_CLIP_PRETRAINED,
@@ -49,7 +53,7 @@ def clip(inputs: ScoringInputs) -> UnitScorer:
     )
     # config_only: this criterion has always built its sampler from the pipeline's config alone (see
     # prune_lab.runtime.samplers), so its scores stay what they were
-    pipe = samplers.with_sampler(inputs.pipeline, opt.scheduler, config_only=True)
+    pipe = samplers.with_sampler(inputs.pipeline, name, config_only=True)
     latents = initial_latents(pipe, len(inputs.prompts), inputs.seed)
     kwargs = dict(steps=opt.steps, guidance=opt.guidance, batch_size=opt.batch_size)
     image_dir = Path(opt.image_dir) if opt.image_dir else None

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..runtime.loading import denoiser
 from ..runtime.readers import check_images, read_image_text, read_prompt_lines
 from ..runtime.schedule import noise_scheduler
 from .calibration import (
@@ -218,7 +219,7 @@ def build_scoring_inputs(
 
     if loaded is None and pipeline is None:
         raise ValueError("build_scoring_inputs needs the model (`loaded`) or its pipeline")
-    unet = loaded.unet if loaded is not None else pipeline.unet
+    unet = loaded.unet if loaded is not None else denoiser(pipeline)
     needs, source = _needs(criteria), calibration or CalibrationSource()
     wants_batches = "batches" in needs and batches is None
     own = backbone_for(unet).calibration == "own"

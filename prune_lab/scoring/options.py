@@ -52,7 +52,9 @@ class ClipOptions(CriterionOptions):
         clip_pretrained: open_clip pretrained tag; None: the CLIP loader's default.
         clip_checkpoint: a local open_clip checkpoint (needed offline).
         scorer: an already loaded CLIP scorer (then the three fields above are not used).
-        scheduler: the sampler generating the images.
+        scheduler: the sampler generating the images (a :mod:`prune_lab.runtime.samplers` name); None: the
+            pipeline's default (:func:`~prune_lab.runtime.samplers.default_sampler`: `pndm` for DDPM-style pipelines
+            as BK-SDM, `flow-euler` for SD3 / Flux, `dpm` for Sana).
         steps / guidance: denoising steps and classifier-free guidance scale of every generation.
         batch_size: prompts per pipeline call.
         image_dir: keep every unit's generated images under this folder (None: keep none).
@@ -63,7 +65,7 @@ class ClipOptions(CriterionOptions):
     clip_pretrained: str | None = None
     clip_checkpoint: str | None = None
     scorer: Any = None
-    scheduler: str = "pndm"
+    scheduler: str | None = None
     steps: int = 25
     guidance: float = 7.5
     batch_size: int = 4

@@ -141,9 +141,15 @@ class Criterion:
     options: type[CriterionOptions] = CriterionOptions
     requires: tuple[str, ...] = ()
 
-    def applies_to(self, backbone) -> bool:
-        """Whether it can score units of `backbone` (a :class:`~prune_lab.backbones.Backbone`)."""
-        return set(self.requires) <= set(backbone.capabilities)
+    def applies_to(self, backbone, model=None) -> bool:
+        """Whether it can score units of `backbone` (a :class:`~prune_lab.backbones.Backbone`), or of its `model`
+        when given (:meth:`~prune_lab.backbones.Backbone.capabilities_of`: a DiT cannot generate from text)."""
+        return not self.lacking(backbone, model)
+
+    def lacking(self, backbone, model=None) -> list[str]:
+        """The capabilities it requires that `backbone` (or its `model`, when given) lacks, sorted."""
+        have = backbone.capabilities if model is None else backbone.capabilities_of(model)
+        return sorted(set(self.requires) - set(have))
 
 
 _CRITERIA: dict[str, Criterion] = {}
@@ -181,9 +187,10 @@ def _load(names: Iterable[str]) -> None:
             importlib.import_module(BUILTIN_CRITERIA[name], __package__)
 
 
-def list_criteria(backbone=None) -> list[str]:
+def list_criteria(backbone=None, model=None) -> list[str]:
     """Registered criterion names, sorted; with a `backbone` (a :class:`~prune_lab.backbones.Backbone` or its
-    registry name), only those that apply to it. Import-cheap without one: built-in modules are not imported."""
+    registry name), only those that apply to every model of it, or to `model` when given. Import-cheap without
+    one: built-in modules are not imported."""
     names = sorted({*BUILTIN_CRITERIA, *_CRITERIA})
     if backbone is None:
         return names
@@ -191,18 +198,19 @@ def list_criteria(backbone=None) -> list[str]:
         from ..backbones import get_backbone
 
         backbone = get_backbone(backbone)
-    return [name for name in names if get_criterion(name).applies_to(backbone)]
+    return [name for name in names if get_criterion(name).applies_to(backbone, model)]
 
 
-def check_applicable(names: Iterable[str], backbone) -> None:
-    """Raise a ValueError naming the first of `names` that does not apply to `backbone`, and those that do."""
+def check_applicable(names: Iterable[str], backbone, model=None) -> None:
+    """Raise a ValueError naming the first of `names` that does not apply to `backbone` (to `model`, when given),
+    and those that do."""
+    what = f"{backbone.name} models" + ("" if model is None else f" of class {type(model).__name__}")
     for name in names:
-        criterion = get_criterion(name)
-        if not criterion.applies_to(backbone):
-            lacking = sorted(set(criterion.requires) - set(backbone.capabilities))
+        lacking = get_criterion(name).lacking(backbone, model)
+        if lacking:
             raise ValueError(
-                f"--criterion {name} does not apply to {backbone.name} models (it needs {', '.join(lacking)}); "
-                f"choose from: {', '.join(list_criteria(backbone))}"
+                f"--criterion {name} does not apply to {what} (it needs {', '.join(lacking)}); "
+                f"choose from: {', '.join(list_criteria(backbone, model))}"
             )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..runtime import samplers
 from .inputs import CalibrationSource, build_scoring_inputs
 from .registry import ScoringInputs, check_applicable, get_criterion
 
@@ -36,11 +37,22 @@ class ScoreRun:
     calibration: str | None = None
 
 
+def _check_sampler(name: str | None, steps: int, pipeline) -> str:
+    """The sampler's resolved name, once it is known to sample `pipeline` in `steps` steps (before anything is
+    written)."""
+    name = samplers.resolve(name, pipeline.scheduler.config)
+    samplers.check_steps(name, steps)
+    samplers.build_sampler(name, pipeline.scheduler.config, config_only=True)
+    return name
+
+
 def _settings(model, units: str, only, timesteps: int, dtype: str, source: CalibrationSource, inputs: ScoringInputs):
     """What a `--resume` must match: everything that changes a score."""
     from ..plan import fingerprint
 
     options = {f.name: getattr(o, f.name) for o in inputs.options for f in fields(o) if f.name in SCORE_OPTIONS}
+    if "scheduler" in options and inputs.pipeline is not None:  # the resolved name: `pndm` for a U-Net, as before
+        options["scheduler"] = _check_sampler(options["scheduler"], options["steps"], inputs.pipeline)
     return {
         "model": str(model),
         "fingerprint": fingerprint(inputs.unet),
@@ -106,7 +118,7 @@ def score_model(
     loaded = load_unet(model, dtype=parse_dtype(dtype))
     loaded.unet.to(device)
     graph = walk(loaded.unet)
-    check_applicable(criteria, backbone_of(graph))
+    check_applicable(criteria, backbone_of(graph), loaded.unet)
     todo = score_units(graph, units, list(only) if only else None)  # bad names fail before data is read
     source = calibration or CalibrationSource()
     inputs = build_scoring_inputs(

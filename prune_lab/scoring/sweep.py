@@ -24,6 +24,7 @@ from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
 from ..backbones import backbone_of
+from ..runtime.loading import denoiser
 from .groups import ScoreUnit
 from .registry import Criterion, ScoringInputs, check_applicable, check_finite, get_criterion
 from .results import build_table, write_scores
@@ -101,13 +102,13 @@ def process_state() -> PartialState:
 
 
 def _check_inputs(criterion: Criterion, inputs: ScoringInputs) -> None:
-    check_applicable([criterion.name], backbone_of(inputs.graph))
+    check_applicable([criterion.name], backbone_of(inputs.graph), inputs.unet)
     if "batches" in criterion.needs and not inputs.batches:
         raise ValueError(
             f"criterion {criterion.name!r} needs calibration data: pass --calib-dir, --prompts, "
             "--calib-cache or --synthetic"
         )
-    if "pipeline" in criterion.needs and (inputs.pipeline is None or inputs.pipeline.unet is not inputs.unet):
+    if "pipeline" in criterion.needs and (inputs.pipeline is None or denoiser(inputs.pipeline) is not inputs.unet):
         raise ValueError(f"criterion {criterion.name!r} generates images: --model must be a pipeline folder")
 
 

@@ -23,9 +23,10 @@ stacks are one more entry there.
 
 * Scoring: a resumable forward (:mod:`.staged`: ablation restarts each unit at its block's cached input) and
   calibration batches drawn for the family's objective (:mod:`.calibration`); capability `block_streams` (the
-  `similarity` criterion).
+  `similarity` criterion); `generation` for the text-to-image families (the `clip` criterion, through their own
+  pipelines; not DiT, which is class-conditional).
 
-Not supported yet: branch units of Flux single blocks, width pruning, generation-based scoring (`clip`).
+Not supported yet: branch units of Flux single blocks, width pruning.
 """
 
 from __future__ import annotations
@@ -53,9 +54,15 @@ class TransformerBackbone(Backbone):
     unit_kinds = ("block", *BRANCH_KINDS)
     groupings = ("blocks", "branches")
     feature_scopes = ("blocks", "uniform")
-    #: no `generation` yet: the clip criterion needs the transformer pipelines' generation path
+    #: every family's; the text-to-image ones add `generation` (:meth:`capabilities_of`)
     capabilities = frozenset({"block_streams"})
     calibration = "own"
+
+    def capabilities_of(self, model) -> frozenset[str]:
+        """`block_streams`, plus `generation` for the text-to-image families (SD3, Flux, PixArt, Sana: the clip
+        criterion generates through their pipelines); DiT is class-conditional and has no prompt to score."""
+        text = self.conditioning(model) == "text"
+        return self.capabilities | ({"generation"} if text else set())
 
     def walk(self, model):
         return _lazy("graph", "walk")(model)
