@@ -145,7 +145,9 @@ class _Walker:
         producers = [("conv_in", 0, conv_in.out_channels)]
         for i, block in enumerate(self.unet.down_blocks):
             stage = f"down_blocks.{i}"
-            cin, cout = block.resnets[0].in_channels, block.resnets[-1].out_channels
+            # a student's stage may keep no slot (only its downsampler): the channels pass through unchanged
+            cin = block.resnets[0].in_channels if len(block.resnets) else producers[-1][2]
+            cout = block.resnets[-1].out_channels if len(block.resnets) else cin
             self.add(stage, f"D{i + 1}", "stage", stage, None, i, cin, cout, _params(block), "members")
             for j, resnet in enumerate(block.resnets):
                 self.add_block(f"{stage}.resnets.{j}", f"D{i + 1}-R{j + 1}", "resnet", stage, stage, i, resnet)
@@ -181,10 +183,12 @@ class _Walker:
     def walk_up(self, producers: list[tuple[str, int, int]]) -> list[SkipEdge]:
         stack, edges = list(producers), []
         labels = {name: self._producer_label(name) for name, _, _ in producers}
+        running = producers[-1][2]  # the bottleneck's channels, what the first up stage receives
         for u, block in enumerate(self.unet.up_blocks):
             stage, level = f"up_blocks.{u}", self.num_levels - 1 - u
             first_skip = stack[-1][2]
-            cin, cout = block.resnets[0].in_channels - first_skip, block.resnets[-1].out_channels
+            cin = block.resnets[0].in_channels - first_skip if len(block.resnets) else running
+            cout = running = block.resnets[-1].out_channels if len(block.resnets) else cin
             self.add(stage, f"U{u + 1}", "stage", stage, None, level, cin, cout, _params(block), "members")
             for j, resnet in enumerate(block.resnets):
                 producer, plevel, ch = stack.pop()
