@@ -86,7 +86,9 @@ def _config():
 
 
 def test_stage_resumes_exactly_after_a_kill(tmp_path):
+    from prune_lab.demo.quality import generate
     from prune_lab.demo.train import train_stage
+    from prune_lab.evaluation.generate import load_pipeline
 
     whole = dit.train_dit(_config(), tmp_path / "whole", progress=False)
     config = _config()
@@ -103,6 +105,8 @@ def test_stage_resumes_exactly_after_a_kill(tmp_path):
     record = json.loads((tmp_path / "out" / dit.RECORD).read_text())
     assert record["stages"][0]["steps"] == 4 and record["config"]["transformer"]["num_layers"] == 2
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == "StableDiffusion3Pipeline"
+    pipe = load_pipeline(str(out), scheduler=DIT_SAMPLING["scheduler"])  # as demo-quality loads it
+    assert generate(pipe, ["a red circle"], [0], steps=1, guidance=2.0).shape == (1, 3, 32, 32)
 
 
 def test_a_run_with_other_settings_is_refused(tmp_path):

@@ -111,10 +111,13 @@ def build_transformer(seed: int, config: dict | None = None) -> SD3Transformer2D
 
 
 def load_vae() -> AutoencoderKL:
-    """The U-Net demo's trained autoencoder, frozen."""
+    """The U-Net demo's trained autoencoder, frozen, with latent shift 0 stated (SD3's pipeline decodes
+    z / scaling_factor + shift_factor and needs a number)."""
     if not (PIPELINE_DIR / "vae" / "config.json").is_file():
         raise FileNotFoundError(f"{PIPELINE_DIR / 'vae'}: the demo autoencoder is missing; run `prunelab demo-train`")
-    return AutoencoderKL.from_pretrained(PIPELINE_DIR / "vae").eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(PIPELINE_DIR / "vae").eval().requires_grad_(False)
+    vae.register_to_config(shift_factor=vae.config.shift_factor or 0.0)
+    return vae
 
 
 def build_pipeline(transformer, text_encoder, text_encoder_2, vae=None) -> StableDiffusion3Pipeline:
