@@ -21,7 +21,10 @@ def test_shipped_pipeline_loads_offline_and_generates_32px(monkeypatch):
     from prune_lab.evaluation.generate import load_pipeline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pipe = StableDiffusion3Pipeline.from_pretrained(DIT_DIR, local_files_only=True)
+    # as diffusers documents SD3 without T5: the absent encoder is passed as None
+    pipe = StableDiffusion3Pipeline.from_pretrained(
+        DIT_DIR, text_encoder_3=None, tokenizer_3=None, local_files_only=True
+    )
     assert pipe.text_encoder_3 is None and pipe.transformer.config.num_layers == 12
     pipe.set_progress_bar_config(disable=True)
     out = pipe(["a red circle", "a blue square"], num_inference_steps=2, output_type="pt").images
@@ -115,3 +118,15 @@ def test_a_run_with_other_settings_is_refused(tmp_path):
     other.caption_dropout = 0.5
     with pytest.raises(ValueError, match="other settings"):
         dit.train_dit(other, tmp_path, progress=False)
+
+
+def test_cli_trains_one_step_and_writes_the_pipeline(tmp_path, capsys):
+    from prune_lab.cli import main
+
+    argv = ["demo-train", "--backbone", "sd3", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--dit-steps", "1", "--threads", "1", "--quiet"]) == 0
+    record = json.loads((tmp_path / "o" / "training-dit.json").read_text())
+    assert record["stages"][0]["stage"] == "dit" and record["stages"][0]["steps"] == 1
+    assert record["config"]["dit"]["batch"] == dit.DitTrainConfig().dit.batch
+    config = json.loads((tmp_path / "o" / "pipeline-dit" / "transformer" / "config.json").read_text())
+    assert config["num_layers"] == 12 and "wrote" in capsys.readouterr().out
