@@ -4,7 +4,8 @@ Every entry point that takes `--model` goes through :func:`load_unet`, so the ru
 
 * a built-in architecture name (any backbone's, :func:`prune_lab.backbones.architectures`): the public config,
   random or `meta` weights;
-* a built-in trained pipeline (:data:`BUILTIN_PIPELINES`: `demo`, the miniature world of :mod:`prune_lab.demo`);
+* a built-in trained pipeline (:data:`BUILTIN_PIPELINES`: `demo` and `demo-dit`, the miniature world of
+  :mod:`prune_lab.demo`);
 * a local diffusers pipeline folder (has `unet/` or `transformer/`: any backbone's subfolder), a local model
   folder (has `config.json`), or a folder
   written by `prunelab apply` (:func:`prune_lab.formats.load_pruned`);
@@ -21,7 +22,10 @@ from .formats import PRUNED_MARKER, load_model_folder, load_pruned
 from .runtime.loading import LoadedModel, looks_like_hub_id
 
 #: Trained pipelines shipped in the package, by built-in name (loaded as pipeline folders: `apply` writes a pipeline).
-BUILTIN_PIPELINES: dict[str, Path] = {"demo": Path(__file__).resolve().parent / "demo" / "pipeline"}
+BUILTIN_PIPELINES: dict[str, Path] = {
+    "demo": Path(__file__).resolve().parent / "demo" / "pipeline",
+    "demo-dit": Path(__file__).resolve().parent / "demo" / "pipeline-dit",
+}
 
 
 def resolve_model(model: str | os.PathLike) -> str:
@@ -49,10 +53,11 @@ def load_unet(model: str | os.PathLike, *, meta: bool = False, dtype=None) -> Lo
     if model in architectures():
         return LoadedModel(build_architecture(model, meta=meta), model, "builtin")
     if model in BUILTIN_PIPELINES:
-        if not (BUILTIN_PIPELINES[model] / "unet").is_dir():
+        if not any((BUILTIN_PIPELINES[model] / sub).is_dir() for sub in _subfolders()):
+            backbone = " --backbone sd3" if model == "demo-dit" else ""
             raise FileNotFoundError(
                 f"the {model!r} pipeline's trained weights are not in this installation; train them with "
-                "`prunelab demo-train` or pass a pipeline folder"
+                f"`prunelab demo-train{backbone}` or pass a pipeline folder"
             )
         return _load_local(BUILTIN_PIPELINES[model], model, dtype)
     path = Path(model).expanduser()

@@ -1,5 +1,8 @@
 """Demo-world subcommands: `demo-train` (train its models), `demo-data` (write scenes), `demo-quality` (measure and
-report the models), `demo-study` (BK-SDM's retraining study in miniature)."""
+report the models), `demo-study` (BK-SDM's retraining study in miniature).
+
+`demo-train --backbone sd3` trains the transformer pipeline `demo-dit` (:mod:`prune_lab.demo.dit`) instead of the
+U-Net recipe."""
 
 from __future__ import annotations
 
@@ -19,25 +22,64 @@ def _path(text: str) -> Path:
     return Path(T.non_empty(text))
 
 
-def _train(args: argparse.Namespace) -> int:
-    from ..demo.train import STAGES, StageConfig, TrainConfig, assemble, train
+#: `demo-train --backbone` choices -> their default `--work` folder.
+BACKBONES = {"unet": Path(".cache/demo-train"), "sd3": Path(".cache/demo-train-dit")}
 
+#: `demo-train` flags that belong to one backbone's recipe.
+RECIPE_FLAGS = {"unet": ("stages", "vae_steps", "clip_steps", "unet_steps"), "sd3": ("dit_steps",)}
+
+
+def _check_recipe_flags(args: argparse.Namespace) -> None:
+    """Refuse a flag of the other backbone's recipe."""
+    for backbone, names in RECIPE_FLAGS.items():
+        given = [n for n in names if getattr(args, n) is not None]
+        if backbone != args.backbone and given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ValueError(f"{flag} belongs to `--backbone {backbone}`; drop it, or pass --backbone {backbone}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    _check_recipe_flags(args)
+    args.work = args.work or BACKBONES[args.backbone]
     check_folder("--work", args.work, keep=True)
     check_folder("--out", args.out, keep=True)
     _threads(args.threads)
+    return _train_dit(args) if args.backbone == "sd3" else _train_unet(args)
+
+
+def _train_dit(args: argparse.Namespace) -> int:
+    from ..demo.dit import DitTrainConfig, assemble_dit, train_dit
+
+    defaults = DitTrainConfig()
+    config = DitTrainConfig(seed=args.seed, dit=_with_steps(defaults.dit, steps=args.dit_steps))
+    r = train_dit(config, args.work, progress=not args.quiet)
+    _print_result(r)
+    out = assemble_dit(args.work, args.out, r)
+    print(f"wrote {out} and {args.out / 'training-dit.json'}")
+    return 0
+
+
+def _with_steps(stage, steps: int | None):
+    """`stage` (a `StageConfig`) with `steps` when given."""
+    return type(stage)(**dict(asdict(stage), steps=steps or stage.steps))
+
+
+def _print_result(r) -> None:
+    print(
+        f"{r.stage}: {r.steps} steps, {r.wall_s / 60:.1f} min wall, {r.cpu_s / 60:.1f} min CPU, "
+        f"loss {r.loss:.4f} {json.dumps(r.extra)}"
+    )
+
+
+def _train_unet(args: argparse.Namespace) -> int:
+    from ..demo.train import STAGES, TrainConfig, assemble, train
+
     defaults = TrainConfig()
-    stages = {}
-    for name in STAGES:
-        base = getattr(defaults, name)
-        steps = getattr(args, f"{name}_steps")
-        stages[name] = StageConfig(**dict(asdict(base), steps=steps or base.steps))
+    stages = {name: _with_steps(getattr(defaults, name), getattr(args, f"{name}_steps")) for name in STAGES}
     config = TrainConfig(seed=args.seed, **stages)
     results = train(config, args.work, args.stages.split(",") if args.stages else None, progress=not args.quiet)
     for r in results:
-        print(
-            f"{r.stage}: {r.steps} steps, {r.wall_s / 60:.1f} min wall, {r.cpu_s / 60:.1f} min CPU, "
-            f"loss {r.loss:.4f} {json.dumps(r.extra)}"
-        )
+        _print_result(r)
     if args.stages is None or set(args.stages.split(",")) >= set(STAGES):
         out = assemble(args.work, args.out, results)
         print(f"wrote {out / 'pipeline'}, {out / 'clip'}, {out / 'training.json'}")
@@ -45,10 +87,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _quality(args: argparse.Namespace) -> int:
+    from ..demo import sampling
     from ..demo.quality import measure_quality, write_quality_report
 
     if args.out:
         check_file("--out", args.out)
+    for key, value in sampling(args.model).items():  # the model's own sampling unless a flag says otherwise
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
     _threads(args.threads)
     run = measure_quality(
         args.model,
@@ -139,19 +184,28 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from ..demo import DEMO_DIR, SAMPLING
+    from ..demo import DEMO_DIR, DIT_SAMPLING, SAMPLING
 
     p = subparsers.add_parser(
         "demo-train",
-        help="train the demo world's autoencoder, CLIP scorer and U-Net",
+        help="train the demo world's autoencoder, CLIP scorer and U-Net (or, --backbone sd3, its MMDiT demo-dit)",
         description="Train the demo models (resumable; finished stages are skipped) and write "
-        "the pipeline/ and clip/ folders that prune_lab ships.",
+        "the pipeline/ and clip/ folders that prune_lab ships; with --backbone sd3, the flow-matching "
+        "transformer pipeline pipeline-dit/ (built-in model demo-dit) on the shipped autoencoder.",
     )
-    p.add_argument("--out", type=_path, default=DEMO_DIR, help="where pipeline/ and clip/ are written (the package)")
-    p.add_argument("--work", type=_path, default=Path(".cache/demo-train"), help="checkpoints and stage exports")
+    p.add_argument(
+        "--backbone",
+        choices=tuple(BACKBONES),
+        default="unet",
+        help="unet: the U-Net recipe (demo); sd3: the SD3 transformer recipe (demo-dit)",
+    )
+    p.add_argument(
+        "--out", type=_path, default=DEMO_DIR, help="where pipeline/ and clip/ (or pipeline-dit/) are written"
+    )
+    p.add_argument("--work", type=_path, help="checkpoints and stage exports (default: .cache/demo-train[-dit])")
     p.add_argument("--stages", help="comma-separated subset of vae,clip,unet (default: all, then assemble)")
     p.add_argument("--seed", type=T.seed, default=0)
-    for name in ("vae", "clip", "unet"):
+    for name in ("vae", "clip", "unet", "dit"):
         p.add_argument(f"--{name}-steps", type=T.positive_int, help=f"{name} training steps (default: the recipe's)")
     p.add_argument("--threads", type=T.positive_int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -199,13 +253,20 @@ def register(subparsers) -> None:
         description="Scorer accuracy on held-out real images and a pipeline's caption accuracy "
         "on held-out captions (colour, shape, joint).",
     )
-    q.add_argument("--model", default="demo", help="pipeline to generate with: demo or a pipeline folder")
+    q.add_argument("--model", default="demo", help="pipeline to generate with: demo, demo-dit or a pipeline folder")
     q.add_argument("--clip-checkpoint", type=_path, help="demo-clip weights (default: the shipped ones)")
     q.add_argument("-n", "--n", type=T.positive_int, default=500, help="held-out scenes (real images and captions)")
     q.add_argument("--world-seed", type=T.seed, default=0)
-    q.add_argument("--scheduler", choices=samplers.names(), default=SAMPLING["scheduler"], help="sampler")
-    q.add_argument("--steps", type=T.positive_int, default=SAMPLING["steps"])
-    q.add_argument("--guidance", type=T.finite_float, default=SAMPLING["guidance"])
+    unet, dit = SAMPLING, DIT_SAMPLING
+    q.add_argument(
+        "--scheduler",
+        choices=samplers.names(),
+        help=f"sampler (default: {unet['scheduler']} for demo, {dit['scheduler']} for demo-dit)",
+    )
+    q.add_argument("--steps", type=T.positive_int, help=f"default: {unet['steps']} (demo), {dit['steps']} (demo-dit)")
+    q.add_argument(
+        "--guidance", type=T.finite_float, help=f"default: {unet['guidance']} (demo), {dit['guidance']} (demo-dit)"
+    )
     q.add_argument("--seed", type=T.seed, default=0, help="initial-noise seed")
     q.add_argument("--batch-size", type=T.positive_int, default=50)
     q.add_argument("--threads", type=T.positive_int, help="torch CPU threads")

@@ -7,18 +7,35 @@
 * :mod:`~prune_lab.demo.train`: the training recipe; :mod:`~prune_lab.demo.quality`: the quality figures.
 
 The trained weights ship in the package: :data:`PIPELINE_DIR` (a ``StableDiffusionPipeline`` folder, the built-in
-model ``demo``) and :data:`CLIP_DIR`. This module imports nothing heavy.
+model ``demo``), :data:`DIT_DIR` (a ``StableDiffusion3Pipeline`` folder, ``demo-dit``: :mod:`~prune_lab.demo.dit`)
+and :data:`CLIP_DIR`. This module imports nothing heavy.
 """
 
 from pathlib import Path
 
 DEMO_DIR = Path(__file__).resolve().parent
 PIPELINE_DIR = DEMO_DIR / "pipeline"
+DIT_DIR = DEMO_DIR / "pipeline-dit"
 CLIP_DIR = DEMO_DIR / "clip"
 
 #: How the demo pipeline samples everywhere prune_lab generates with it (quality figures, CLIP scores, FID):
 #: DPM-Solver++ (``prunelab generate``'s ``dpm``), 20 steps, classifier-free guidance 7.5 (SD's default).
 SAMPLING = {"scheduler": "dpm", "steps": 20, "guidance": 7.5}
+
+#: How the `demo-dit` pipeline samples: its own flow-matching Euler sampler (``flow-euler``), 20 steps, guidance 7
+#: (SD3's default).
+DIT_SAMPLING = {"scheduler": "flow-euler", "steps": 20, "guidance": 7.0}
+
+
+def sampling(model: str) -> dict:
+    """How `model` samples in the demo's measurements: :data:`DIT_SAMPLING` for ``demo-dit`` or a pipeline folder
+    with a flow-matching scheduler, else :data:`SAMPLING`."""
+    import json
+
+    config = (DIT_DIR if model == "demo-dit" else Path(model)) / "scheduler" / "scheduler_config.json"
+    flow = config.is_file() and json.loads(config.read_text()).get("_class_name") == "FlowMatchEulerDiscreteScheduler"
+    return dict(DIT_SAMPLING if model == "demo-dit" or flow else SAMPLING)
+
 
 #: Settings that make ``prunelab distill`` fit the demo world: its image side, and no left-right flips (kept off
 #: for a world whose captions could name sides; harmless for centred shapes).

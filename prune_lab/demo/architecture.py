@@ -115,16 +115,20 @@ def build_tokenizer(words: list[str] | None = None) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TEXT_TOKENS)
 
 
-def build_text_encoder(tokenizer: CLIPTokenizer, seed: int = 0) -> CLIPTextModel:
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
+def text_config(tokenizer: CLIPTokenizer, **config) -> CLIPTextConfig:
+    """A `CLIPTextConfig` of `config` (:data:`TEXT_CONFIG` by default) reading `tokenizer`'s vocabulary."""
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **TEXT_CONFIG,
+        **(config or TEXT_CONFIG),
     )
-    return CLIPTextModel(config)
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer, seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    return CLIPTextModel(text_config(tokenizer))
 
 
 def build_unet(seed: int = 0) -> UNet2DConditionModel:

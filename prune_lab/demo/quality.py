@@ -264,7 +264,7 @@ def measure_quality(
     of `n` held-out scenes (image i from the initial noise of :func:`image_seed` ``(seed, i)``).
 
     Args:
-        model: `demo` or a pipeline folder.
+        model: `demo`, `demo-dit` or a pipeline folder.
         clip_checkpoint: the scorer's weights (default: the shipped `demo-clip`).
     """
     from ..evaluation.generate import load_pipeline
@@ -322,7 +322,7 @@ def quality_report(
         "",
         render(_pct(run.scorer), "markdown"),
         "",
-        f"## Teacher `{s['model']}` on the captions of {s['n']} held-out scenes",
+        f"## Model `{s['model']}` on the captions of {s['n']} held-out scenes",
         "",
         f"Sampler `{s['scheduler']}`, {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']} (image i: "
         "initial noise from `SeedSequence((seed, i))`); an image counts as right when the scorer reads the "
@@ -330,13 +330,12 @@ def quality_report(
         "",
         render(_pct(run.generation), "markdown"),
         "",
-        "Quality bar (issue 8): scorer >= 95% on colour and shape of real images; teacher >= 80% on colour and on "
-        "shape separately.",
+        QUALITY_BARS.get(s["model"], QUALITY_BARS["demo"]),
     ]
     if training is not None:
         lines += [
             "",
-            "## Training (`prunelab demo-train`, from `prune_lab/demo/training.json`)",
+            "## Training (`prunelab demo-train`, its record in `prune_lab/demo/`)",
             "",
             render(training.round(3), "markdown"),
         ]
@@ -345,18 +344,32 @@ def quality_report(
     return "\n".join([*lines, ""])
 
 
+#: The quality bar each built-in model's report states (others: the `demo` one).
+QUALITY_BARS = {
+    "demo": "Quality bar (issue 8): scorer >= 95% on colour and shape of real images; teacher >= 80% on colour and "
+    "on shape separately.",
+    "demo-dit": "Quality bar (issue 18): scorer >= 95% on colour and shape of real images; demo-dit >= 90% on colour "
+    "and on shape separately.",
+}
+
+#: Training record and shipped weights folder of the built-in models (others: the `demo` ones).
+SHIPPED = {"demo": ("training.json", "."), "demo-dit": ("training-dit.json", "pipeline-dit")}
+
+
 def write_quality_report(run: QualityRun, out: str | Path, command: str) -> tuple[Path, Path]:
     """Write the Markdown report to `out` and the record as JSON beside it (`.json`), atomically.
 
-    The report includes the training record when `training.json` is installed, and the shipped weights' sizes.
+    The report includes the model's training record when it is installed (`training.json`, `training-dit.json` for
+    `demo-dit`), and the shipped weights' sizes (the whole demo package; `demo-dit`: its pipeline folder).
 
     Returns:
         the two paths written.
     """
     out = Path(out)
+    record, weights = SHIPPED.get(run.settings["model"], SHIPPED["demo"])
     try:
-        training = training_summary()
+        training = training_summary(DEMO_DIR / record)
     except FileNotFoundError:
         training = None
-    write_text(out, quality_report(run, command, training, shipped_sizes()))
+    write_text(out, quality_report(run, command, training, shipped_sizes(DEMO_DIR / weights)))
     return out, write_json(out.with_suffix(".json"), run.record())

@@ -75,9 +75,10 @@ class StageResult:
     extra: dict = field(default_factory=dict)
 
 
-def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
-    """The random stream of one training step (independent of how the run was interrupted)."""
-    entropy = (seed, list(STAGES).index(stage), step)
+def step_generator(seed: int, stage: str | int, step: int) -> torch.Generator:
+    """The random stream of one training step (independent of how the run was interrupted); `stage` is a name in
+    :data:`STAGES` or a stream number of its own (another recipe's stage)."""
+    entropy = (seed, stage if isinstance(stage, int) else list(STAGES).index(stage), step)
     return torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1))
 
 
@@ -119,6 +120,10 @@ class Stage:
 
     def step(self, k: int, g: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def generator(self, k: int) -> torch.Generator:
+        """The random stream of step `k`."""
+        return step_generator(self.config.seed, self.name, k)
 
     def export(self) -> dict:
         raise NotImplementedError
@@ -220,9 +225,50 @@ class ClipStage(Stage):
         return {"params_M": sum(v.numel() for v in state.values()) / 1e6}
 
 
-class UNetStage(Stage):
+class EmaStage(Stage):
+    """A stage that exports an exponential moving average of its trainable modules (constant learning rate after
+    warmup: the average does the annealing)."""
+
+    cosine = False
+
+    def start_ema(self, copies: list[torch.nn.Module]) -> None:
+        """Keep `copies` (fresh modules like :meth:`trainable`'s, in its order) as the average, starting equal."""
+        self.ema = copies
+        for ema, model in zip(self.ema, self.trainable()):
+            ema.load_state_dict(model.state_dict())
+            ema.requires_grad_(False)
+
+    def state(self):
+        return {**super().state(), **{f"ema{i}": ema.state_dict() for i, ema in enumerate(self.ema)}}
+
+    def load_state(self, state):
+        super().load_state(state)
+        for i, ema in enumerate(self.ema):
+            ema.load_state_dict(state[f"ema{i}"])
+
+    @torch.no_grad()
+    def after_step(self, k: int) -> None:
+        decay = min(self.config.ema_decay, (1 + k) / (10 + k))
+        for ema, model in zip(self.ema, self.trainable()):
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+
+
+@torch.no_grad()
+def sample_latents(vae, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Scaled latents (B, 4, 16, 16) of images `x` (B, 3, 32, 32) in [0, 1]: a posterior sample, noise from `g`."""
+    posterior = vae.encode(x * 2 - 1).latent_dist
+    latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+    return latents * vae.config.scaling_factor
+
+
+def drop_captions(scenes: list, dropout: float, g: torch.Generator) -> list[str]:
+    """The scenes' captions, each replaced by "" with probability `dropout` (for classifier-free guidance)."""
+    keep = torch.rand(len(scenes), generator=g) >= dropout
+    return [s.caption if kept else "" for s, kept in zip(scenes, keep.tolist())]
+
+
+class UNetStage(EmaStage):
     name = "unet"
-    cosine = False  # constant after warmup; the exported EMA does the averaging
 
     def __init__(self, config, work):
         super().__init__(config, work)
@@ -230,10 +276,7 @@ class UNetStage(Stage):
         self.tokenizer = arch.build_tokenizer()
         self.unet = arch.build_unet(config.seed)
         self.text_encoder = arch.build_text_encoder(self.tokenizer, config.seed)
-        self.ema = [arch.build_unet(config.seed), arch.build_text_encoder(self.tokenizer, config.seed)]
-        for ema, model in zip(self.ema, self.trainable()):
-            ema.load_state_dict(model.state_dict())
-            ema.requires_grad_(False)
+        self.start_ema([arch.build_unet(config.seed), arch.build_text_encoder(self.tokenizer, config.seed)])
         self.noise = arch.train_scheduler()
         snr = self.noise.alphas_cumprod / (1 - self.noise.alphas_cumprod)
         self.weights = snr.clamp(max=5.0) / snr  # Min-SNR-5 for epsilon prediction
@@ -241,23 +284,11 @@ class UNetStage(Stage):
     def trainable(self):
         return [self.unet, self.text_encoder]
 
-    def state(self):
-        return {**super().state(), "ema0": self.ema[0].state_dict(), "ema1": self.ema[1].state_dict()}
-
-    def load_state(self, state):
-        super().load_state(state)
-        self.ema[0].load_state_dict(state["ema0"])
-        self.ema[1].load_state_dict(state["ema1"])
-
     def step(self, k, g):
         x, scenes = self.images(k)
         b = len(x)
-        with torch.no_grad():
-            posterior = self.vae.encode(x * 2 - 1).latent_dist
-            latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
-            latents = latents * self.vae.config.scaling_factor
-        keep = torch.rand(b, generator=g) >= self.config.caption_dropout
-        captions = [s.caption if kept else "" for s, kept in zip(scenes, keep.tolist())]
+        latents = sample_latents(self.vae, x, g)
+        captions = drop_captions(scenes, self.config.caption_dropout, g)
         ids = self.tokenizer(
             captions,
             padding="max_length",
@@ -270,12 +301,6 @@ class UNetStage(Stage):
         pred = self.unet(self.noise.add_noise(latents, noise, t), t, self.text_encoder(ids)[0]).sample
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         return (self.weights[t] * per_sample).mean()
-
-    @torch.no_grad()
-    def after_step(self, k: int) -> None:
-        decay = min(self.config.ema_decay, (1 + k) / (10 + k))
-        for ema, model in zip(self.ema, self.trainable()):
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
     def export(self):
         self.ema[0].save_pretrained(self.work / "unet")
@@ -324,7 +349,7 @@ def train_stage(stage: Stage, *, progress: bool = True, stop_after: int | None =
     for k in bar:
         if stop_after is not None and k >= stop_after:
             return None
-        loss = stage.step(k, step_generator(stage.config.seed, stage.name, k))
+        loss = stage.step(k, stage.generator(k))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

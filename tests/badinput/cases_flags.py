@@ -179,6 +179,17 @@ flag_cases(
     **DEMO,
 )
 flag_cases("demo-train", C.DEMO_TRAIN, {"--threads": ("0",), "--vae-steps": ("-1",)}, **DEMO)
+flag_cases("demo-train-dit", C.DEMO_TRAIN_DIT, {"--dit-steps": ("0",), "--backbone": ("bogus",)}, **DEMO)
+flag_cases("demo-quality-dit", C.override(C.DEMO_QUALITY, "--model", "demo-dit"), {"--steps": ("0",)}, **DEMO)
+# a flag of the other backbone's recipe is refused, naming it
+CASES += [
+    Case(
+        "numeric-flags", "demo-train-dit--stages", (*C.DEMO_TRAIN_DIT, "--stages", "vae"), expect=("--stages",), **DEMO
+    ),
+    Case(
+        "numeric-flags", "demo-train--dit-steps", (*C.DEMO_TRAIN, "--dit-steps", "2"), expect=("--dit-steps",), **DEMO
+    ),
+]
 
 # score CSVs a numeric column of which is bad: every reader of scores
 SCORE_CSV = {

@@ -356,14 +356,17 @@ add(
         expect=("--resume",),
         check=no_sentinel(),
     ),
-    Case(
-        "untrusted-files",
-        "demo-train-planted-stage-checkpoint",
-        C.DEMO_TRAIN,
-        setup=put("bad", "train-work/vae/checkpoint.pt", pickle_payload()),
-        expect=("checkpoint.pt",),
-        check=no_sentinel(),
-    ),
+    *[
+        Case(
+            "untrusted-files",
+            f"{name}-planted-stage-checkpoint",
+            argv,
+            setup=put("bad", f"train-work/{stage}/checkpoint.pt", pickle_payload()),
+            expect=("checkpoint.pt",),
+            check=no_sentinel(),
+        )
+        for name, argv, stage in (("demo-train", C.DEMO_TRAIN, "vae"), ("demo-train-dit", C.DEMO_TRAIN_DIT, "dit"))
+    ],
     Case(
         "untrusted-files",
         "score-clip-checkpoint-pickle",

@@ -200,6 +200,18 @@ DEMO_TRAIN = (
     "1",
     "--quiet",
 )
+DEMO_TRAIN_DIT = (
+    "demo-train",
+    "--backbone",
+    "sd3",
+    "--out",
+    "{tmp}/trained",
+    "--work",
+    "{tmp}/train-work",
+    "--dit-steps",
+    "1",
+    "--quiet",
+)
 
 
 def override(base: tuple[str, ...], flag: str, *values: str) -> tuple[str, ...]:
