@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import run_unet, tiny_ldm_unet, unet_inputs
+from conftest import TINY_SD, run_unet, tiny_ldm_unet, unet_inputs
 
 from prune_lab.backbones import build_architecture, walk
 from prune_lab.backbones.unet.architectures import ARCHITECTURES
@@ -149,3 +149,18 @@ def test_walk_rejects_models_no_backbone_handles():
         ValueError, match="no backbone for the model, a Linear; it handles: UNet2DConditionModel, UNet2DModel"
     ):
         walk(torch.nn.Linear(2, 2))
+
+
+def test_a_stage_that_keeps_no_slot_walks_with_its_channels_passing_through():
+    """A student stage with no resnet left (a progressive round's student): its channels are its input's."""
+    from diffusers import UNet2DConditionModel
+
+    config = {**TINY_SD, "layers_per_block": (2, 2, 2, 0)}  # the last down stage keeps no slot
+    unet = UNet2DConditionModel(**config).eval()
+    graph = walk(unet)
+    stage = graph["down_blocks.3"]
+    assert (stage.in_channels, stage.out_channels) == (64, 64)
+    assert not [u for u in graph.units if u.parent == "down_blocks.3"]
+    skips = [u for u in graph.units if u.kind == "skip"]
+    assert len(skips) == sum(len(b.resnets) for b in unet.up_blocks) == 10
+    assert graph["up_blocks.0"].in_channels == 64
