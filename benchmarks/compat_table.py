@@ -5,7 +5,7 @@ bk-small, bk-tiny, mid-removal on SD-v1; ssd-1b, vega on SDXL) and a plan with s
 `load_pruned` student), runs every registered check on each, and prints a Markdown table (checks x students) with
 the reasons as numbered notes. `--readme README.md` replaces the table between the `<!-- compat-table -->` markers.
 
-Usage: python benchmarks/compat_table.py [--compile-backend aot_eager] [--readme README.md]
+Usage: python benchmarks/compat_table.py [--compile-backend aot_eager] [--readme README.md | --only CHECK ...]
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def export(teacher: Path, preset: str, out: Path) -> Path:
     return out
 
 
-def measure(root: Path) -> dict[str, dict[str, tuple[str, str]]]:
-    """Column label -> check -> (status, reason)."""
+def measure(root: Path, only: list[str] | None = None) -> dict[str, dict[str, tuple[str, str]]]:
+    """Column label -> check -> (status, reason); `only`: these checks (rows) alone."""
     from prune_lab.compat import open_export, run_checks
 
     paths, table = teachers(root), {}
@@ -71,7 +71,7 @@ def measure(root: Path) -> dict[str, dict[str, tuple[str, str]]]:
         start = time.perf_counter()
         folder = export(paths[topology], preset, root / label.split()[0])
         with tempfile.TemporaryDirectory() as tmp:
-            rows = run_checks(open_export(folder), Path(tmp))
+            rows = run_checks(open_export(folder), Path(tmp), only)
         table[label] = {r.check: (r.status, r.reason) for r in rows.itertuples()}
         print(f"{label}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return table
@@ -108,7 +108,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compile row")
     parser.add_argument("--readme", type=Path, help="README.md whose table (between the markers) to replace")
+    parser.add_argument("--only", nargs="+", metavar="CHECK", help="measure these rows alone (not with --readme)")
     args = parser.parse_args()
+    if args.only and args.readme:
+        parser.error("--only measures some rows; --readme replaces the whole table: use one of them")
     import torch
 
     from prune_lab.compat import runtime_checks
@@ -116,7 +119,7 @@ def main() -> None:
     torch.set_num_threads(1)
     runtime_checks.COMPILE_BACKEND = args.compile_backend
     with tempfile.TemporaryDirectory() as root:
-        text = markdown(measure(Path(root)), args.compile_backend)
+        text = markdown(measure(Path(root), args.only), args.compile_backend)
     print(text)
     if args.readme:
         replace_section(args.readme, text)
