@@ -24,7 +24,7 @@ def tradeoff_plans(
     scores: pd.DataFrame | None = None,
     targets: Sequence[str] = (),
     criterion: str | None = None,
-    strategy: str = "greedy",
+    strategy: str | None = None,
     source: str = "",
 ) -> dict[str, Plan]:
     """Plan name -> plan: each preset (:func:`prune_lab.backbones.create_plan`), then the plan the budgeted search
@@ -38,7 +38,8 @@ def tradeoff_plans(
         if scores is None:
             raise ValueError("searched plans need a score table: pass scores=")
         problem = build_problem(unet, scores, criterion=criterion, source=source)
-        plans.update({f"search {t}": search(problem, parse_budget(t), strategy).plan for t in targets})
+        chosen = {"strategy": strategy} if strategy else {}  # None: the search's default strategy
+        plans.update({f"search {t}": search(problem, parse_budget(t), **chosen).plan for t in targets})
     return plans
 
 
