@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from ...runtime.modules import find_submodule
 from ..features import FeaturePair, FeaturePairing, FeaturePoint
+from .graph import walk
 from .resolve import Resolution
 
 SAMPLERS = {"down_blocks": "downsamplers", "up_blocks": "upsamplers"}
@@ -140,7 +141,16 @@ def _stage_candidates(
     candidates = [_stage_points(teacher, student, f"down_blocks.{k}", t) for k, t in enumerate(down)]
     if getattr(student, "mid_block", None) is not None and getattr(teacher, "mid_block", None) is not None:
         candidates.append((FeaturePoint("mid_block"), FeaturePoint("mid_block")))
-    return candidates + [_stage_points(teacher, student, f"up_blocks.{k}", t) for k, t in enumerate(up)]
+    candidates += [_stage_points(teacher, student, f"up_blocks.{k}", t) for k, t in enumerate(up)]
+    # a stage that keeps no slot passes its input through: comparable with the teacher's stage output only when the
+    # widths agree (else it is left unpaired, as a removed stage is)
+    s_graph, t_graph = walk(student), walk(teacher)
+    return [
+        (s, t)
+        for s, t in candidates
+        if len(student.get_submodule(s.module).resnets)
+        or s_graph[s.module].out_channels == t_graph[stage_of(t.module)].out_channels
+    ]
 
 
 def stage_pairing(
@@ -159,7 +169,7 @@ def stage_pairing(
         elif path in removed:
             pairing.teacher_unpaired[path] = "the plan removes its resolution level"
         elif path not in paired:
-            pairing.teacher_unpaired[path] = "the plan removes the whole stage"
+            pairing.teacher_unpaired[path] = "the plan removes every slot of the stage"
     return pairing
 
 
