@@ -144,13 +144,14 @@ def _stage_candidates(
     candidates += [_stage_points(teacher, student, f"up_blocks.{k}", t) for k, t in enumerate(up)]
     # a stage that keeps no slot passes its input through: comparable with the teacher's stage output only when the
     # widths agree (else it is left unpaired, as a removed stage is)
-    s_graph, t_graph = walk(student), walk(teacher)
-    return [
-        (s, t)
-        for s, t in candidates
-        if len(student.get_submodule(s.module).resnets)
-        or s_graph[s.module].out_channels == t_graph[stage_of(t.module)].out_channels
-    ]
+    emptied = [(s, t) for s, t in candidates if not len(student.get_submodule(s.module).resnets)]
+    if emptied:
+        s_graph, t_graph = walk(student), walk(teacher)
+        narrower = [
+            (s, t) for s, t in emptied if s_graph[s.module].out_channels != t_graph[stage_of(t.module)].out_channels
+        ]
+        candidates = [c for c in candidates if c not in narrower]
+    return candidates
 
 
 def stage_pairing(
