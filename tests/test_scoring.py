@@ -93,7 +93,8 @@ def test_criteria_register_typed_options_with_their_defaults_in_one_place():
     }
     assert AblationOptions() == AblationOptions(skip_mode="zero", prefix_cache=True)
     assert TaylorOptions().gradient_checkpointing is False
-    assert (ClipOptions().scheduler, ClipOptions().steps, ClipOptions().guidance) == ("pndm", 25, 7.5)
+    # scheduler None: the pipeline family's own sampler (pndm for U-Nets, flow-euler for SD3 / Flux)
+    assert (ClipOptions().scheduler, ClipOptions().steps, ClipOptions().guidance) == (None, 25, 7.5)
 
 
 def test_criterion_options_route_flat_settings_to_each_criterion(sd_unet):
