@@ -159,6 +159,7 @@ def load_pipeline(
     """
     from diffusers import DiffusionPipeline
 
+    from .runtime.dtypes import cast_model
     from .runtime.samplers import build_sampler
 
     folder, unet, dtype = _source(model, dtype)
@@ -166,7 +167,7 @@ def load_pipeline(
     kwargs = {"torch_dtype": dtype, **absent_components(config)}
     kwargs.update({} if safety_checker else _without_safety_checker(config))
     if unet is not None:
-        kwargs[denoiser_name(config)] = unet.to(dtype)
+        kwargs[denoiser_name(config)] = cast_model(unet, dtype)
     pipe = from_pretrained(DiffusionPipeline, folder, **kwargs)
     if sampler is not None:
         pipe.scheduler = build_sampler(sampler, pipe.scheduler.config)

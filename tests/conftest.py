@@ -5,7 +5,9 @@ Everything is built here, seeded, offline. Full-size architectures appear only i
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import pytest
 import torch
@@ -224,6 +226,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def library_logs_to_current_stderr():
+    """diffusers / transformers bind their log handler to the `sys.stderr` of the moment they first log; under
+    pytest's capture that stream is closed by the next test, and a later warning prints a '--- Logging error ---'
+    traceback into whatever test runs then. Point the handlers at this test's stderr."""
+    for name in ("diffusers", "transformers"):
+        if name in sys.modules:
+            for handler in logging.getLogger(name).handlers:
+                if type(handler) is logging.StreamHandler:  # the library's own handler, not pytest's capture
+                    handler.setStream(sys.stderr)
+    yield
 
 
 def pytest_collection_modifyitems(config, items):

@@ -157,6 +157,38 @@ def test_mixed_precision_spellings_reach_accelerate_names(spelling, accelerate):
     assert config_from_args(args).mixed_precision == accelerate
 
 
+def test_cast_model_casts_a_diffusers_model_without_its_spurious_fp32_warning():
+    import logging
+
+    import torch
+    from conftest import TINY_SD, tiny_unet
+
+    from prune_lab.runtime.dtypes import cast_model
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    records = Records()
+    logger = logging.getLogger("diffusers")  # diffusers' loggers do not propagate to the root (caplog)
+    logger.addHandler(records)
+    try:
+        unet = tiny_unet(TINY_SD)
+        reference = {k: v.to(torch.bfloat16) for k, v in unet.state_dict().items()}
+        assert cast_model(unet, "bf16") is unet
+        assert cast_model(unet, torch.bfloat16) is unet  # no-op
+        assert records.messages == []
+        assert all(torch.equal(v, reference[k]) for k, v in unet.state_dict().items())
+        unet.to(torch.float32)  # what cast_model replaces: diffusers warns though the model keeps nothing in fp32
+        assert any("kept in float32" in m for m in records.messages)
+    finally:
+        logger.removeHandler(records)
+
+
 # --------------------------------------------------------------------------------------------------- budgets
 @pytest.mark.parametrize(
     "text,fraction,amount", [("params=0.5", 0.5, None), ("params=50%", 0.5, None), ("params=480M", None, 480e6)]

@@ -6,6 +6,7 @@ import copy
 import shutil
 from pathlib import Path
 
+from ..runtime.dtypes import cast_model
 from .checks import NotApplicable, always, needs_pipeline, register_check
 from .export import Export, finite_images, forward, pipeline_call, same, unet_inputs
 
@@ -26,7 +27,7 @@ def cast_check(dtype_name: str):
         dtype = parse_dtype(dtype_name)
         inputs = unet_inputs(export.unet)
         reference = forward(export.unet, inputs)
-        cast = copy.deepcopy(export.unet).to(dtype)
+        cast = cast_model(copy.deepcopy(export.unet), dtype)
         low = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
         if "added_cond_kwargs" in inputs:
             low["added_cond_kwargs"] = {k: v.to(dtype) for k, v in inputs["added_cond_kwargs"].items()}

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..runtime.dtypes import cast_model
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TARGETS = ("step", "generation")
 
@@ -171,7 +173,7 @@ def materialise(module: nn.Module, settings: LatencySettings) -> nn.Module:
     if any(p.is_meta for p in params):
         real = copy.deepcopy(module).to_empty(device=device)
         _initialise(real)
-        return (real if dtype == torch.float32 else real.to(dtype)).eval()
+        return cast_model(real, dtype).eval()
     if all(p.device == device and p.dtype == dtype for p in params):
         return module.eval()
-    return copy.deepcopy(module).to(device=device, dtype=dtype).eval()
+    return cast_model(copy.deepcopy(module).to(device), dtype).eval()

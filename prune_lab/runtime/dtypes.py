@@ -41,3 +41,21 @@ def parse_dtype(name):
 def dtype_name(dtype) -> str:
     """The canonical name of a `torch.dtype` (`torch.float16` -> `float16`)."""
     return str(dtype).removeprefix("torch.")
+
+
+def cast_model(model, dtype):
+    """`model` with its weights in `dtype`, in place (returned for chaining).
+
+    diffusers' `ModelMixin.to(dtype)` warns "modules that should be kept in float32" on every cast, also when the
+    model keeps none and when the dtype does not change; that warning is noise on a user's stderr. A model that does
+    name modules to keep in float32 goes through diffusers (and its warning is real); every other one through
+    `torch.nn.Module.to`.
+    """
+    import torch
+
+    dtype = parse_dtype(dtype)
+    if all(p.dtype == dtype for p in model.parameters()):
+        return model
+    if getattr(model, "_keep_in_fp32_modules", None):
+        return model.to(dtype)
+    return torch.nn.Module.to(model, dtype)
