@@ -174,3 +174,21 @@ def test_unet2dmodel_units_come_out_and_mid_removal_exports():
         with taken_out(unet, ["mid_block"]):
             assert torch.equal(compacted.student(x, 10).sample, unet(x, 10).sample)
     assert compacted.expressible and compacted.student.mid_block is None
+
+
+def test_a_students_substitute_taken_out_again_keeps_its_call_convention(sd_unet):
+    """A progressive round's student carries the substitutes of the attention blocks removed before; taking one out
+    again (scoring the student) is the identity, not a tensor indexed as if it were a tuple (a past crash)."""
+    from prune_lab.backbones import build_student, make_plan
+
+    graph = walk(sd_unet)
+    gone = {"down_blocks.1.attentions.0", "mid_block.attentions.0"}
+    keep = [u.name for u in graph.atoms() if not any(u.name == g or u.name.startswith(g + ".") for g in gone)]
+    student = build_student(sd_unet, make_plan(sd_unet, keep, source="tiny-sd")).student.eval()
+    assert isinstance(student.get_submodule("down_blocks.1.attentions.0"), ChannelInterpolation)
+    inputs = unet_inputs(student)
+    base = run_unet(student, inputs)
+    student_graph = walk(student)
+    for name in sorted(gone):
+        with torch.no_grad(), taken_out(student, [name], graph=student_graph):
+            assert torch.equal(run_unet(student, inputs), base), name

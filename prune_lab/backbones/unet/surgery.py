@@ -79,8 +79,13 @@ class ChannelInterpolation(nn.Module):
 
 
 def substitute_for(module: nn.Module, in_channels: int, out_channels: int) -> ChannelInterpolation:
-    """The parameter-free substitute for `module` (tuple output for transformer blocks)."""
-    return ChannelInterpolation(in_channels, out_channels, tuple_output=hasattr(module, "transformer_blocks"))
+    """The parameter-free substitute for `module` (tuple output for transformer blocks and their substitutes: a
+    progressive round's student carries the substitutes of units removed earlier, and taking one out again must keep
+    its call convention)."""
+    tuple_output = (
+        module.tuple_output if isinstance(module, ChannelInterpolation) else hasattr(module, "transformer_blocks")
+    )
+    return ChannelInterpolation(in_channels, out_channels, tuple_output=tuple_output)
 
 
 def zero_skip_hook(prev_channels: int):
