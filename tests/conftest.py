@@ -237,7 +237,7 @@ def library_logs_to_current_stderr():
         if name in sys.modules:
             for handler in logging.getLogger(name).handlers:
                 if type(handler) is logging.StreamHandler:  # the library's own handler, not pytest's capture
-                    handler.setStream(sys.stderr)
+                    handler.stream = sys.stderr  # not setStream(): it flushes the old stream, which may be closed
     yield
 
 
