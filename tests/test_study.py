@@ -232,14 +232,24 @@ def test_study_resumes_reusing_every_arm_and_adds_new_ones(finished, study_input
     measured = next((work / "measure").glob("arm_preset_bk-small_kd_task-*.json"))
     first = json.loads(measured.read_text())["values"]
     shutil.rmtree(work / "images" / measured.stem)
-    for path in (arm, measured, work / "costs.json"):
+    (costs,) = (work / "costs").glob("*.json")
+    for path in (arm, measured, costs):
         path.unlink()
     assert main(_argv(root, model, work, tmp_path / "resumed", arms)) == 0
     np.testing.assert_allclose(
         json.loads(measured.read_text())["values"]["clip-score:clip_score"], first["clip-score:clip_score"], rtol=1e-5
     )
-    kept = {p: t for p, t in stamps.items() if p.exists() and "kd_task" not in str(p) and "costs" not in p.name}
+    kept = {p: t for p, t in stamps.items() if p.exists() and "kd_task" not in str(p) and "costs" not in str(p)}
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    # an arm joining the finished study: only it is retrained and measured, and the costs cover it (a new table)
+    assert main(_argv(root, model, work, tmp_path / "more", [*arms, "kd:task+out"])) == 0
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    models = pd.DataFrame(json.loads((tmp_path / "more" / "results.json").read_text())["models"]).set_index("model")
+    assert (
+        models.loc["arm:preset:bk-small/kd:task+out", "unet_params_M"]
+        == models.loc["arm:preset:bk-small", "unet_params_M"]
+    )
+    assert models["latency_median_ms"].notna().all() and len(list((work / "costs").glob("*.json"))) == 2
 
 
 @slow
@@ -250,6 +260,23 @@ def test_another_setting_in_the_same_work_folder_is_refused(finished, study_inpu
     argv[argv.index("--steps") + 1] = "3"
     assert main(argv) == 2
     assert "holds a study with other settings" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_the_regenerating_command_parses_back_to_the_same_settings(tmp_path):
+    import shlex
+
+    from prune_lab.cli import build_parser
+    from prune_lab.cli.study import command
+
+    argv = _argv(tmp_path, tmp_path / "model", tmp_path / "w", tmp_path / "o", ["preset:bk-small", "kd:task"])
+    args = build_parser().parse_args([*argv, "--jobs", "2"])
+    line = command(args, args.defaults)
+    assert line.startswith("prunelab study --model ") and "--defaults" not in line and "--jobs" not in line
+    again = build_parser().parse_args(shlex.split(line)[1:])
+    drop = ("func", "defaults", "quiet", "jobs")
+    assert {k: v for k, v in vars(again).items() if k not in drop} == {
+        k: v for k, v in vars(args).items() if k not in drop
+    }
 
 
 @pytest.mark.parametrize(

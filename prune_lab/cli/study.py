@@ -66,7 +66,11 @@ def command(args: argparse.Namespace, parser_defaults: dict) -> str:
     """The `prunelab study` command line of `args` (every flag that differs from its default)."""
     parts = ["prunelab", "study"]
     for key, value in vars(args).items():
-        if key in ("func", "command", "quiet", "jobs") or value == parser_defaults.get(key) or value is None:
+        if (
+            key in ("func", "command", "defaults", "quiet", "jobs")
+            or value == parser_defaults.get(key)
+            or value is None
+        ):
             continue
         flag = "--" + key.replace("_", "-")
         if value is True:

@@ -45,7 +45,7 @@ def plot_study(result: dict, path: str | os.PathLike) -> Path:
         right.set_ylabel("task loss, 25-step mean")
         right.legend(fontsize=6)
     fig.tight_layout()
-    write_figure(path, fig, dpi=110)
+    write_figure(path, fig, dpi=110, bbox_inches="tight")  # long arm names stay readable
     plt.close(fig)
     return Path(path)
 

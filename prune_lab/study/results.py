@@ -116,7 +116,7 @@ def collect(study) -> dict:
     from .metrics import get_metric
 
     values = per_prompt(study)
-    costs = json.loads((study.work / "costs.json").read_text())["rows"]
+    costs = json.loads(study.costs_path().read_text())["rows"]
     table = model_table(values, costs)
     primary_metric = study.config.metrics[0]
     primary = f"{primary_metric}:{get_metric(primary_metric).values[0]}"

@@ -3,8 +3,8 @@
 
 The work folder holds one sub-folder per task output: ``scores/`` (one table per criterion), ``students/`` (one
 export per plan, shared by the arms that use it), ``arms/`` (one retraining run per arm), ``images/`` and
-``measure/`` (per model), ``costs.json``. Each task runs once (:mod:`prune_lab.study.work`), so a killed study
-resumes where it stopped, and ``jobs`` processes (or separate invocations) share the tasks.
+``measure/`` (per model), ``costs/`` (per set of models). Each task runs once (:mod:`prune_lab.study.work`), so a
+killed study resumes where it stopped, and ``jobs`` processes (or separate invocations) share the tasks.
 """
 
 from __future__ import annotations
@@ -346,8 +346,16 @@ class Study:
             out.append(
                 Task(f"measure {key}", self.measured(key), lambda k=key: self._measure(k, self._folder(k)), needs)
             )
-        out.append(Task("costs", w / "costs.json", self._costs, trained))
+        out.append(Task("costs", self.costs_path(), self._costs, trained))
         return out  # fmt: skip
+
+    def costs_path(self) -> Path:
+        """The cost table of this study's models, named by their set: measured together (latencies on one machine
+        state), and again when an arm joins a finished study."""
+        import hashlib
+
+        names = "\n".join(f"{k}={f}" for k, f in self.models().items())
+        return self.work / "costs" / f"{hashlib.sha256(names.encode()).hexdigest()[:12]}.json"
 
     def measured(self, key: str) -> Path:
         return self.work / "measure" / f"{_file_key(key)}.json"
