@@ -194,6 +194,12 @@ def test_presets_on_full_size_meta_configs():
     scores = {f"transformer_blocks.{i}": float(i % 7) for i in range(28)}
     best = [n for n in create_plan(dit, "tinyfusion", source="dit-xl-2", scores=scores).keep if n in scores]
     assert sorted(scores[n] for n in best) == sorted(sorted(scores.values())[-14:])
+    half = [n for n in create_plan(flux, "depth-half", source="flux-dev").keep if n.count(".") == 1]
+    assert [n for n in half if n.startswith("transformer_blocks.")] == [
+        f"transformer_blocks.{i}" for i in (0, 2, 4, 6, 8, 10, 12, 14, 16, 18)  # 10 of 19: round(j * 18 / 9)
+    ]
+    assert sum(n.startswith("single_transformer_blocks.") for n in half) == 19
+    assert {"single_transformer_blocks.0", "single_transformer_blocks.37"} <= set(half)
 
 
 def test_plan_target_on_a_tiny_model(tmp_path, capsys):
@@ -232,8 +238,9 @@ def test_cli_blocks_and_presets(tmp_path, capsys):
     assert len(units) == 16 and units[-1]["name"] == "single_transformer_blocks.3"
     assert main(["presets", "--model", "flux-dev", "--format", "json"]) == 0
     table = {r["preset"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(table) == {"(base)", "flux-lite", "flux-mini"} and table["flux-lite"]["expressible"]
-    assert table["flux-mini"]["params"] < table["flux-lite"]["params"] < table["(base)"]["params"]
+    assert set(table) == {"(base)", "flux-lite", "flux-mini", "depth-half"} and table["flux-lite"]["expressible"]
+    assert table["flux-mini"]["params"] < table["depth-half"]["params"] < table["flux-lite"]["params"]
+    assert table["flux-lite"]["params"] < table["(base)"]["params"]
 
 
 def test_every_family_has_a_tiny_config():

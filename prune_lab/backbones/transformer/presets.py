@@ -3,6 +3,8 @@
 * `flux-lite` (Freepik's Flux.1 Lite, 12B -> 8B): Flux-dev keeping 8 of its 19 double blocks and all 38 single ones.
 * `flux-mini` (Flux-Mini, 3.2B): 5 double + 10 single blocks.
 * `tinyfusion` (Fang et al., 2024, "TinyFusion: Diffusion Transformers Learned Shallow"): DiT-XL/2 keeping 14 of 28.
+* `depth-half` (any transformer family): every stack keeps half its blocks, rounded up: uniform depth pruning, the
+  Flux-Mini-style baseline a scored block choice is compared with at equal params.
 
 Which blocks: by default evenly spaced over the stack with the first and last kept (block round(j (n-1) / (k-1)) for
 j = 0..k-1), a documented stand-in for each paper's learned or measured choice; with `--scores` (a table scored at
@@ -60,3 +62,13 @@ def _flux_mini(graph: TransformerGraph, scores=None) -> set[str]:
 @register_preset("tinyfusion", ("dit",), "TinyFusion: DiT-XL/2 keeping 14 of 28 layers (Fang et al., 2024)")
 def _tinyfusion(graph: TransformerGraph, scores=None) -> set[str]:
     return _keep(graph, {"transformer_blocks": 14}, scores)
+
+
+@register_preset(
+    "depth-half",
+    ("dit", "pixart", "sd3", "flux", "sana"),
+    "every stack keeps half its blocks, rounded up (uniform depth pruning, Flux-Mini-style)",
+)
+def _depth_half(graph: TransformerGraph, scores=None) -> set[str]:
+    stacks = dict.fromkeys(u.stage for u in graph.blocks())
+    return _keep(graph, {s: -(-len(graph.blocks(s)) // 2) for s in stacks}, scores)
