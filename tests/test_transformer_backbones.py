@@ -196,7 +196,8 @@ def test_presets_on_full_size_meta_configs():
     assert sorted(scores[n] for n in best) == sorted(sorted(scores.values())[-14:])
     half = [n for n in create_plan(flux, "depth-half", source="flux-dev").keep if n.count(".") == 1]
     assert [n for n in half if n.startswith("transformer_blocks.")] == [
-        f"transformer_blocks.{i}" for i in (0, 2, 4, 6, 8, 10, 12, 14, 16, 18)  # 10 of 19: round(j * 18 / 9)
+        f"transformer_blocks.{i}"
+        for i in (0, 2, 4, 6, 8, 10, 12, 14, 16, 18)  # 10 of 19: round(j * 18 / 9)
     ]
     assert sum(n.startswith("single_transformer_blocks.") for n in half) == 19
     assert {"single_transformer_blocks.0", "single_transformer_blocks.37"} <= set(half)
