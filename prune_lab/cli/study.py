@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from ..backbones import feature_scopes
 from ..runtime import samplers
 from ..study.specs import GRAMMAR, parse_base, parse_terms
 from . import types as T
@@ -136,12 +137,17 @@ def register(subparsers) -> None:
     r.add_argument("--no-flip", action="store_true", help="no random left-right flips")
     for loss in ("task", "out", "feat"):
         r.add_argument(f"--lambda-{loss}", type=T.non_negative_float, default=1.0, help="objective without kd:")
-    r.add_argument("--feature-layers", choices=("stages", "units", "none"), default="stages")
+    r.add_argument(
+        "--feature-layers",
+        choices=[*feature_scopes(), "none"],
+        default="stages",
+        help="feature KD pairs (U-Nets: stages, units; transformers: blocks, uniform; default stages)",
+    )
     r.add_argument("--checkpoint-every", type=T.positive_int, default=100, help="steps between resumable saves")
     m = p.add_argument_group("measurement")
     m.add_argument("--metric", nargs="+", default=["clip-score"], help="study metrics, the first ranks arms "
                    "(clip-score, fid; the demo's demo-accuracy, demo-fid)")  # fmt: skip
-    m.add_argument("--scheduler", choices=samplers.names(), default="dpm")
+    m.add_argument("--scheduler", choices=samplers.names(), help="sampler (default: the model family's own)")
     m.add_argument("--sample-steps", type=T.positive_int, default=20, help="denoising steps per image")
     m.add_argument("--guidance", type=T.finite_float, default=7.5)
     m.add_argument("--sample-batch-size", type=T.positive_int, default=8)

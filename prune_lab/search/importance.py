@@ -13,6 +13,7 @@ only when every atom it takes is covered: no move may remove something the score
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -56,8 +57,9 @@ class Importance:
         return [r for r in candidates.values() if r.atoms <= removed]
 
     def lost(self, removed: frozenset[str]) -> float:
-        """Summed importance of the rows `removed` takes out completely."""
-        return sum(r.importance for r in self.removed_rows(removed))
+        """Summed importance of the rows `removed` takes out completely (exactly rounded: independent of the set's
+        iteration order, so reruns agree to the last digit)."""
+        return math.fsum(r.importance for r in self.removed_rows(removed))
 
     def uncovered(self, graph: Graph, removed: frozenset[str]) -> list[str]:
         """Atoms of `removed` no removed row accounts for (see the module docstring), in forward order."""

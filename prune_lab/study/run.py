@@ -48,7 +48,7 @@ class Recipe:
 class Sampling:
     """How every model draws the study's prompts (image i from the initial noise of seed ``(seed, i)``)."""
 
-    scheduler: str = "dpm"
+    scheduler: str | None = None  # None: the model family's sampler
     steps: int = 20
     guidance: float = 7.5
     seed: int = 0
