@@ -67,3 +67,13 @@ def test_report_table_says_how_it_counted(capsys):
     out = capsys.readouterr().out
     assert "text tokens text_encoder 300" in out and "transformer x 25" in out and "resolution / 32 (32x32)" in out
     assert "transformer_params_M" in out
+
+
+def test_demo_dit_text_towers_run_at_their_position_table_length(capsys):
+    """demo-dit's CLIP towers have 8 positions: the whole-pipeline count runs them at 8 tokens, not CLIP's 77 (which
+    their position table cannot take)."""
+    assert main(["report", "--model", "demo-dit", "--compare", "depth-half", "--format", "csv"]) == 0
+    rows = {r["variant"]: r for r in pd.read_csv(io.StringIO(capsys.readouterr().out)).to_dict("records")}
+    assert rows["base"]["transformer_params_M"] == 1.79 and rows["depth-half"]["transformer_params_M"] == 0.89
+    assert main(["report", "--model", "demo-dit"]) == 0
+    assert "text tokens text_encoder 8, text_encoder_2 8" in capsys.readouterr().out

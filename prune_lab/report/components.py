@@ -263,8 +263,10 @@ def _pipeline_specs(root: Path) -> tuple[ComponentSpec, ...]:
         config_path = root / role / "config.json"
         if library is None or not config_path.exists():
             continue
-        tokens = TEXT_TOKENS if class_name.startswith("CLIP") else long_text
         config = json.loads(config_path.read_text())
+        # a CLIP tower runs at 77 tokens, or at its position table's length when that is shorter (the demo models')
+        clip = min(TEXT_TOKENS, config.get("max_position_embeddings") or TEXT_TOKENS)
+        tokens = clip if class_name.startswith("CLIP") else long_text
         specs.append(ComponentSpec(role, library, class_name, config, root / role, tokens))
     return tuple(specs)
 

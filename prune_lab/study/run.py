@@ -306,7 +306,8 @@ class Study:
         latency = LatencySettings(runs=runs, warmup=1) if runs else None
         frame = comparison_frame(compare(load_unet(self.config.model), variants, latency=latency))
         frame.insert(0, "key", list(models))
-        keep = ["key", "unet_params_M", "unet_macs_G", "whole_macs_G", "latency_median_ms"]
+        backbone = next(c[: -len("_params_M")] for c in frame if c.endswith("_params_M"))  # unet / transformer
+        keep = ["key", f"{backbone}_params_M", f"{backbone}_macs_G", "whole_macs_G", "latency_median_ms"]
         return {"rows": frame[[k for k in keep if k in frame]].to_dict("records")}
 
     def tasks(self) -> list[Task]:
