@@ -1,6 +1,9 @@
 """Scoring transformers: which criteria apply, calibration batches by hand, prefix-cached ablation equal to the naive
 one at the block-call count it promises, magnitude by hand, and `prunelab score` on a tiny transformer folder."""
 
+import contextlib
+import io
+
 import pandas as pd
 import pytest
 import torch
@@ -15,12 +18,22 @@ from prune_lab.backbones.transformer.calibration import (
 )
 from prune_lab.backbones.transformer.staged import block_paths
 from prune_lab.cli import main
+from prune_lab.demo.world import World, write_folder
 from prune_lab.runtime.loading import LoadedModel
 from prune_lab.runtime.schedule import noise_scheduler, noised
 from prune_lab.scoring import score_model, score_units
 from prune_lab.scoring.calibration import DenoisingBatch
 from prune_lab.scoring.inputs import CalibrationSource, own_batches
 from prune_lab.scoring.registry import ScoringInputs, criterion_options, get_criterion, list_criteria
+
+
+def _cli(argv: list[str]) -> tuple[int, list[str]]:
+    """`prunelab argv`: its exit code and stderr lines. Not through `capsys`: diffusers binds its log handler to the
+    stream of the moment, and a `capsys` stream closed after the test breaks conftest's handler reset in the next."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, err.getvalue().strip().splitlines()
 
 
 def _pairs():
@@ -238,10 +251,54 @@ def test_score_cli_on_a_transformer_folder(tmp_path, capsys):
     assert df[df.criterion == "similarity"]["name"].tolist()[-1] == "transformer_blocks.3"
 
 
-def test_score_cli_refuses_an_image_folder_for_transformers(tmp_path, capsys):
+def test_score_cli_refuses_an_image_folder_without_a_pipeline(tmp_path):
     folder = tmp_path / "dit"
     tiny_transformer("DiTTransformer2DModel").save_pretrained(folder)
+    images = write_folder(World(0), "train", 0, 2, tmp_path / "scenes")
     argv = ["score", "--model", str(folder), "--criterion", "taylor", "-o", str(tmp_path / "s.csv")]
-    assert main([*argv, "--calib-dir", str(tmp_path), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--calib-dir is not read for transformer models yet" in err[0]
+    code, err = _cli([*argv, "--calib-dir", str(images), "--quiet"])
+    assert code == 2 and len(err) == 1 and f"--model {folder} is not a pipeline folder" in err[0]
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_score_cli_refuses_a_calibration_cache_for_transformers(tmp_path):
+    folder = tmp_path / "sd3"
+    tiny_transformer("SD3Transformer2DModel").save_pretrained(folder)
+    argv = ["score", "--model", str(folder), "--criterion", "taylor", "-o", str(tmp_path / "s.csv")]
+    code, err = _cli([*argv, "--calib-cache", str(tmp_path / "c.safetensors"), "--quiet"])
+    assert code == 2 and len(err) == 1 and "--calib-cache is not read for transformer models yet" in err[0]
+
+
+def test_image_folder_calibration_of_a_flow_pipeline(tmp_path):
+    """--calib-dir on an SD3 pipeline: the images' VAE latents noised by flow matching (x_t - σ·target = x_0, the
+    posterior draw within its spread of the mean), the captions' own conditioning, sample-major."""
+    from transformer_pipelines import save_pipeline
+
+    from prune_lab.models import load_unet
+    from prune_lab.runtime.readers import crop_tensor, read_image_text, read_rgb
+    from prune_lab.scoring.calibration import load_pipeline
+
+    root = save_pipeline("sd3", tmp_path / "sd3")
+    images = write_folder(World(0), "train", 0, 3, tmp_path / "scenes")
+    loaded = load_unet(root)
+    pipe, backbone = load_pipeline(loaded), backbone_for(loaded.unet)
+    source = CalibrationSource(folder=images, samples=3, batch_size=4, seed=0)
+    batches, where = own_batches(loaded, source, pipeline=pipe, timesteps=2)
+    assert where.startswith(f"images:{images} (3 images through the pipeline's VAE")
+    rows = read_image_text(images)
+    side = loaded.unet.config.sample_size * pipe.vae_scale_factor
+    with torch.no_grad():
+        pixels = torch.stack([crop_tensor(read_rgb(r.path), side)[0] for r in rows])
+        posterior = pipe.vae.encode(pixels).latent_dist
+    cfg = pipe.vae.config
+    mean, std = (posterior.mean - cfg.shift_factor) * cfg.scaling_factor, posterior.std * cfg.scaling_factor
+    cond = backbone.encode_prompts(pipe, [r.text for r in rows])
+    x_t = torch.cat([b.inputs["hidden_states"] for b in batches])
+    sigma = torch.cat([b.inputs["timestep"] for b in batches]) / 1000
+    x0 = x_t - sigma.view(-1, 1, 1, 1) * torch.cat([b.target for b in batches])
+    order = torch.arange(3).repeat_interleave(2)  # sample-major: each image at its two σ draws
+    assert x0.shape == (6, 4, 8, 8) and [len(b.target) for b in batches] == [4, 2]
+    torch.testing.assert_close(x0[0::2], x0[1::2], atol=1e-4, rtol=0)  # one latent draw per image
+    assert ((x0 - mean[order]).abs() <= 6 * std[order] + 1e-4).all()
+    for key in ("encoder_hidden_states", "pooled_projections"):
+        torch.testing.assert_close(torch.cat([b.inputs[key] for b in batches]), cond[key][order])

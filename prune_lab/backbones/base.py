@@ -185,7 +185,8 @@ class Backbone:
     def calibration_batches(self, model, **settings) -> list:
         """`[(model(**kwargs) keyword arguments, target)]` of calibration batches drawn for `model` (settings:
         `samples`, `timesteps`, `batch_size`, `seed`, `conditioning` from :meth:`encode_prompts` or None for random,
-        `scheduler`), for a backbone whose :attr:`calibration` is `own`."""
+        `scheduler`, `latents`: real images' clean latents or None for Gaussian ones), for a backbone whose
+        :attr:`calibration` is `own`."""
         raise NotImplementedError
 
     def encode_prompts(self, pipe, prompts: list[str], batch_size: int = 8, device=None) -> dict:

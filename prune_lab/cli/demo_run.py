@@ -1,4 +1,4 @@
-"""`prunelab demo-run`: the whole workflow on the built-in `demo` model, as `make demo` runs it."""
+"""`prunelab demo-run`: the whole workflow on a built-in demo model (`demo`, as `make demo` runs it, or `demo-dit`)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,13 @@ def _path(text: str) -> Path:
     return Path(T.non_empty(text))
 
 
+#: `--model` choices -> the default `--out` (import-cheap: :data:`prune_lab.demo.job.DEMO_MODELS` holds the same).
+DEFAULT_OUT = {"demo": Path("reports/demo"), "demo-dit": Path("reports/demo-dit")}
+
+
 def _command(args: argparse.Namespace) -> str:
-    parts = ["prunelab demo-run", f"--out {shlex.quote(str(args.out))}"]
+    parts = ["prunelab demo-run", *([f"--model {args.model}"] if args.model != "demo" else [])]
+    parts.append(f"--out {shlex.quote(str(args.out))}")
     if args.quick:
         parts.append("--quick")
     for flag in ("budget", "criterion", "distill_steps", "eval_samples"):
@@ -37,11 +42,12 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def _config(args: argparse.Namespace):
-    from ..demo.job import QUICK, RunConfig
+    from ..demo.job import default_config
+    from ..demo.run import criteria
+    from ..models import load_unet
     from ..runtime.budget import parse_budget
-    from ..scoring import list_criteria
 
-    config = QUICK if args.quick else RunConfig()
+    config = default_config(args.model, quick=args.quick)
     overrides = {
         "budget": args.budget,
         "plan_criterion": args.criterion,
@@ -53,10 +59,9 @@ def _config(args: argparse.Namespace):
         parse_budget(config.budget)  # a bad budget fails before any work
     except ValueError as e:
         raise ValueError(f"--budget {config.budget!r} is not a budget ({e})") from None
-    if config.plan_criterion not in list_criteria("unet"):
-        raise ValueError(
-            f"unknown --criterion {config.plan_criterion!r}; choose from: {', '.join(list_criteria('unet'))}"
-        )
+    names = criteria(load_unet(args.model, meta=True).unet)
+    if config.plan_criterion not in names:
+        raise ValueError(f"unknown --criterion {config.plan_criterion!r}; choose from: {', '.join(names)}")
     for name in ("distill_steps", "eval_samples"):
         if getattr(config, name) < (2 if name == "eval_samples" else 1):
             raise ValueError(f"--{name.replace('_', '-')} is too small: {getattr(config, name)}")
@@ -67,7 +72,9 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
     import torch
 
     from ..demo.run import run_demo
+    from ..demo.run_eval import cost_columns
 
+    args.out = args.out if args.out is not None else DEFAULT_OUT[args.model]
     check_folder("--out", args.out, keep=True)
     check_folder("--work", args.work, keep=True)
     config = _config(args)
@@ -79,9 +86,9 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-    result = run_demo(config, args.work, args.out, command=_command(args), progress=not args.quiet)
+    result = run_demo(config, args.work, args.out, command=_command(args), progress=not args.quiet, model=args.model)
     steps = result.job.record_frame().drop(columns="outputs").round(1)
-    shown = ["model", "colour", "shape", "colour+shape", "fid", "unet_params_M", "unet_macs_G"]
+    shown = ["model", "colour", "shape", "colour+shape", "fid", *cost_columns(result.evaluation, whole=False)]
     print(render(steps, "table"))
     print(render(result.evaluation[[c for c in shown if c in result.evaluation]].round(3), "table"))
     print(f"wrote {result.report} (run folder {result.job.work})")
@@ -91,12 +98,21 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo-run",
-        help="the whole workflow on the demo model: units, scores, plots, plan, apply, distill, evaluate, report",
-        description="Score every unit of the built-in demo model with every criterion, plan under a budget, apply, "
-        "distil briefly, evaluate teacher / pruned / distilled and write a Markdown report with figures. "
-        "Resumable: a rerun reuses every finished step of a run with the same settings and weights.",
+        help="the whole workflow on a demo model: units, scores, plots, plan, apply, distill, evaluate, report",
+        description="Score every unit of a built-in demo model (the demo U-Net pipeline, or the demo-dit transformer "
+        "one) with every criterion that applies, plan under a budget, apply, distil briefly, evaluate teacher / "
+        "pruned / distilled and write a Markdown report with figures. Resumable: a rerun reuses every finished step "
+        "of a run with the same settings and weights.",
     )
-    p.add_argument("--out", type=_path, default=Path("reports/demo"), help="report folder (default reports/demo)")
+    p.add_argument(
+        "--model",
+        choices=tuple(DEFAULT_OUT),
+        default="demo",
+        help="the demo model to start from: demo (U-Net, default) or demo-dit (SD3 transformer, flow matching)",
+    )
+    p.add_argument(
+        "--out", type=_path, help="report folder (default reports/demo; reports/demo-dit with --model demo-dit)"
+    )
     p.add_argument("--work", type=_path, default=Path(".cache/demo-run"), help="work folder (default .cache/demo-run)")
     p.add_argument("--quick", action="store_true", help="tiny sizes that still run every step (smoke test)")
     p.add_argument("--budget", help="plan target, as `prunelab plan --target` (default params=0.6)")

@@ -12,18 +12,76 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..runtime.atomic import write_text as atomic_write_text
-from . import CLIP_DIR, PIPELINE_DIR, SAMPLING
+from . import CLIP_DIR, DIT_DIR, PIPELINE_DIR, SAMPLING, sampling
 
 MODEL = "demo"
 #: The models the job evaluates, in report order.
 MODELS = ("teacher", "pruned", "distilled")
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A trained demo model a run can start from, and the words its report uses for it (the mechanics come from its
+    backbone).
+
+    Attributes:
+        name: the built-in model name (`--model`); weights: its shipped pipeline folder.
+        out: the default report folder; network: what the report calls the denoiser (`U-Net`, `transformer`).
+        units: which units every criterion scores, in words; scored: the same, short (the steps table).
+        encoders: its text encoder(s), in words; note: said after the regenerating command.
+    """
+
+    name: str
+    weights: Path
+    out: str
+    network: str
+    units: str
+    scored: str
+    encoders: str
+    note: str = ""
+
+
+#: The demo models `prunelab demo-run --model` takes.
+DEMO_MODELS = {
+    "demo": DemoModel(
+        "demo",
+        PIPELINE_DIR,
+        "reports/demo",
+        "U-Net",
+        "every resnet / attention block and every skip",
+        "every block and skip",
+        "text encoder",
+        " (`make demo` runs it)",
+    ),
+    "demo-dit": DemoModel(
+        "demo-dit",
+        DIT_DIR,
+        "reports/demo-dit",
+        "transformer",
+        "every block of the 12-block MMDiT stack; the branches inside blocks are not scored, as `similarity` scores "
+        "blocks only",
+        "every block",
+        "two text encoders",
+    ),
+}
+
+
+def demo_model(name: str) -> DemoModel:
+    """The demo model called `name`.
+
+    Raises:
+        ValueError: not one of :data:`DEMO_MODELS`.
+    """
+    if name not in DEMO_MODELS:
+        raise ValueError(f"unknown --model {name!r}; the demo run takes: {', '.join(DEMO_MODELS)}")
+    return DEMO_MODELS[name]
 
 
 @dataclass(frozen=True)
@@ -73,6 +131,24 @@ QUICK = RunConfig(
     eval_samples=4,
     fid=False,
 )
+
+
+def feature_scope(model: DemoModel) -> str:
+    """The feature-KD scope the run distils at: the first of the model's backbone (`stages` of a U-Net, `blocks` of
+    a transformer)."""
+    from ..backbones import backbone_for
+    from ..models import load_unet
+
+    return backbone_for(load_unet(model.name, meta=True).unet).feature_scopes[0]
+
+
+def default_config(model: str = MODEL, *, quick: bool = False) -> RunConfig:
+    """:class:`RunConfig` (or :data:`QUICK`) with `model`'s own sampler and guidance (:func:`prune_lab.demo.sampling`:
+    the `demo` pipeline's DPM-Solver++, `demo-dit`'s flow-matching Euler), and its steps unless `quick`."""
+    own = sampling(demo_model(model).name)
+    if quick:
+        own.pop("steps")
+    return replace(QUICK if quick else RunConfig(), **own)
 
 
 #: The step records of a job (see :meth:`Job.once`).
@@ -139,7 +215,7 @@ class Job:
     Attributes:
         config: the sizes; work: this run's folder (``<--work>/<run_key>``); out: where the report goes.
         progress: show tqdm bars; records: one per step done so far (see :meth:`once`); bar: the run's step bar;
-            started: when this invocation began (`time.perf_counter`).
+            started: when this invocation began (`time.perf_counter`); model: the demo model it starts from.
     """
 
     config: RunConfig
@@ -149,6 +225,7 @@ class Job:
     records: list[StepRecord] = field(default_factory=list)
     bar: Any = None
     started: float = field(default_factory=time.perf_counter)
+    model: DemoModel = DEMO_MODELS[MODEL]
 
     def path(self, *parts: str) -> Path:
         return self.work.joinpath(*parts)
@@ -203,12 +280,17 @@ class Job:
         return pd.DataFrame([asdict(r) for r in self.records], columns=["step", "status", "seconds", "outputs"])
 
 
-def open_job(config: RunConfig, work: str | os.PathLike, out: str | os.PathLike, progress: bool = True) -> Job:
-    """The job for `config` in ``work/<run_key>`` (created; a folder from a killed run with the same key is reused)."""
-    folder = Path(work) / run_key(config, weights_digest())
+def open_job(
+    config: RunConfig, work: str | os.PathLike, out: str | os.PathLike, progress: bool = True, model: str = MODEL
+) -> Job:
+    """The job for `config` on the demo model `model` in ``work/<run_key>`` (created; a folder from a killed run with
+    the same key is reused). The key covers the model's shipped weights, so each model has its own folders."""
+    demo = demo_model(model)
+    folder = Path(work) / run_key(config, weights_digest((demo.weights, CLIP_DIR)))
     folder.mkdir(parents=True, exist_ok=True)
-    write_text(folder / "config.json", json.dumps(asdict(config), indent=1) + "\n")
-    return Job(config, folder, Path(out), progress)
+    settings = asdict(config) if demo.name == MODEL else {"model": demo.name, **asdict(config)}
+    write_text(folder / "config.json", json.dumps(settings, indent=1) + "\n")
+    return Job(config, folder, Path(out), progress, model=demo)
 
 
 def importance_summary(scores: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..runtime.atomic import write_with
-from .job import MODEL, MODELS, Job, write_text
+from .job import MODELS, Job, write_text
 
 BATCH = 32  # images per pipeline call
 
@@ -66,14 +66,24 @@ def fid(model, images: torch.Tensor, real: torch.Tensor) -> float:
 
 
 def _costs(folders: dict[str, str | Path]) -> pd.DataFrame:
-    """U-Net params and MACs per model (:mod:`prune_lab.report`), one row per model."""
+    """Denoiser (U-Net or transformer, its backbone's subfolder names the columns) params and MACs per model, and
+    MACs of a whole generation (:mod:`prune_lab.report`), one row per model; the first model is the reference."""
+    from ..backbones import backbone_for
     from ..models import load_unet
     from ..report import compare, comparison_frame
 
     names = list(folders)
-    frame = comparison_frame(compare(load_unet(MODEL), [str(folders[n]) for n in names[1:]]))
-    keep = ["unet_params_M", "unet_macs_G", "whole_macs_G"]
+    teacher = load_unet(str(folders[names[0]]))
+    frame = comparison_frame(compare(teacher, [str(folders[n]) for n in names[1:]]))
+    part = backbone_for(teacher.unet).subfolder
+    keep = [f"{part}_params_M", f"{part}_macs_G", "whole_macs_G"]
     return frame[[k for k in keep if k in frame]].assign(model=names)
+
+
+def cost_columns(table: pd.DataFrame, *, whole: bool = True) -> list[str]:
+    """The params / MACs columns of an evaluation table (``unet_*`` or ``transformer_*``, then ``whole_macs_G``)."""
+    costs = [c for c in table if c.endswith(("_params_M", "_macs_G"))]
+    return costs if whole else [c for c in costs if not c.startswith("whole_")]
 
 
 def _row(name: str, classifier, images: torch.Tensor, scenes, reference: torch.Tensor | None) -> dict:
@@ -87,7 +97,7 @@ def _row(name: str, classifier, images: torch.Tensor, scenes, reference: torch.T
 
 def evaluate(job: Job, folders: dict[str, str | Path]) -> pd.DataFrame:
     """Caption accuracy (colour, shape, both; binomial standard errors), FID against the real held-out scenes in
-    the scorer's space (when `fid`), and U-Net params / MACs of each model in `folders` (``eval.csv``).
+    the scorer's space (when `fid`), and denoiser params / MACs of each model in `folders` (``eval.csv``).
 
     A last row, ``real``, reads the real scenes themselves (the scorer's accuracy: the ceiling) and gives the FID of
     the next n real held-out scenes (the floor at this sample size).

@@ -21,14 +21,14 @@ from matplotlib.figure import Figure
 
 from ..runtime.atomic import write_figure
 from ..runtime.tables import render
-from .job import Job, StepRecord, agreement, importance_summary, write_text
-from .run_eval import sample_images
+from .job import Job, StepRecord, agreement, feature_scope, importance_summary, write_text
+from .run_eval import cost_columns, sample_images
 
-#: What each step does, for the timings table.
+#: What each step does, for the timings table (`{network}`, `{scored}`: the run's :class:`~.job.DemoModel`).
 STEP_TEXT = {
     "data": "render demo-world training scenes (calibration + distillation data)",
-    "units": "walk the U-Net graph: the units table",
-    "score": "score every block and skip with every registered criterion",
+    "units": "walk the {network} graph: the units table",
+    "score": "score {scored} with every registered criterion",
     "plot": "bar charts of the scores (units, skips)",
     "plan": "greedy plan search under the budget",
     "apply": "export the pruned student pipeline",
@@ -82,10 +82,11 @@ def machine() -> str:
     )
 
 
-def _timings(records: list[StepRecord]) -> pd.DataFrame:
+def _timings(job: Job) -> pd.DataFrame:
+    words = {"network": job.model.network, "scored": job.model.scored}
     rows = [
-        {"step": r.step, "status": r.status, "seconds": round(r.seconds, 1), "what": STEP_TEXT[r.step]}
-        for r in records
+        {"step": r.step, "status": r.status, "seconds": round(r.seconds, 1), "what": STEP_TEXT[r.step].format(**words)}
+        for r in job.records
     ]
     return pd.DataFrame(rows)
 
@@ -105,6 +106,15 @@ def _label(units: pd.DataFrame):
     return lambda name: labels.get(name, name)
 
 
+def _calibrated(scores: pd.DataFrame) -> str:
+    """The criteria of `scores` that read calibration batches, in words (`taylor and ablation`)."""
+    from ..scoring import get_criterion
+
+    names = [c for c in ("taylor", "ablation", "similarity") if c in set(scores["criterion"])]
+    names += [c for c in scores["criterion"].unique() if c not in names and "batches" in get_criterion(c).needs]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def _scores_section(job: Job, units: pd.DataFrame, scores: pd.DataFrame) -> list[str]:
     c, label = job.config, _label(units)
     summary = importance_summary(scores)
@@ -120,9 +130,9 @@ def _scores_section(job: Job, units: pd.DataFrame, scores: pd.DataFrame) -> list
     return [
         "## Scores (step `score`, `plot`)",
         "",
-        f"{scores['name'].nunique()} units (every resnet / attention block and every skip) x "
+        f"{scores['name'].nunique()} units ({job.model.units}) x "
         f"{scores['criterion'].nunique()} criteria ({', '.join(scores['criterion'].unique())}). Calibration for "
-        f"taylor and ablation: {c.calib_samples} demo-world training scenes x {c.timesteps} timesteps; clip: "
+        f"{_calibrated(scores)}: {c.calib_samples} demo-world training scenes x {c.timesteps} timesteps; clip: "
         f"{c.clip_prompts} held-out captions generated with `{c.scheduler}`, {c.steps} steps, guidance "
         f"{c.guidance:g} per unit, scored by `demo-clip`. Importance: higher = more important.",
         "",
@@ -136,8 +146,7 @@ def _scores_section(job: Job, units: pd.DataFrame, scores: pd.DataFrame) -> list
         _md(top),
         "",
         "![scores per unit](scores.png)",
-        "",
-        "![skip connections](scores_skips.png)",
+        *(["", "![skip connections](scores_skips.png)"] if scores["kind"].eq("skip").any() else []),
     ]
 
 
@@ -166,7 +175,7 @@ def _plan_section(job: Job, plan: dict, units: pd.DataFrame) -> list[str]:
         "",
         _md(costs, 2),
         "",
-        f"Exported as a pipeline folder (`{job.path('pruned')}`) whose U-Net "
+        f"Exported as a pipeline folder (`{job.path('pruned')}`) whose {job.model.network} "
         + ("is a plain diffusers config." if plan.get("expressible") else "loads with `prune_lab.load_pruned`."),
     ]
 
@@ -180,7 +189,8 @@ def _distill_section(job: Job) -> list[str]:
         "## Distillation (step `distill`)",
         "",
         f"`DistillRecipe(DistillConfig(...))` (what `prunelab distill` runs): {c.distill_steps} steps, batch "
-        f"{c.distill_batch}, AdamW lr {c.lr:g} (constant), task + output KD + feature KD (stage outputs, weights 1), "
+        f"{c.distill_batch}, AdamW lr {c.lr:g} (constant), task + output KD + feature KD "
+        f"({feature_scope(job.model).removesuffix('s')} outputs, weights 1), "
         f"resolution 32, no flips, on {c.train_scenes} demo-world training scenes. Loss {first['loss']:.4g} at "
         f"step 1 -> {last['loss']:.4g} at step {int(last['step'])} (feature KD {first['feat']:.4g} -> "
         f"{last['feat']:.4g}).",
@@ -198,7 +208,7 @@ def _evaluation_section(job: Job, evaluation: pd.DataFrame) -> list[str]:
         table[attribute] = [
             f"{100 * a:.1f} ± {100 * s:.1f}%" for a, s in zip(table[attribute], table[f"{attribute}_se"])
         ]
-    shown = ["model", "n", "colour", "shape", "colour+shape", "fid", "unet_params_M", "unet_macs_G", "whole_macs_G"]
+    shown = ["model", "n", "colour", "shape", "colour+shape", "fid", *cost_columns(table)]
     real, scenes = World(c.seed).batch("heldout", 0, 8)
     plot_samples({**sample_images(job), "real": real}, [s.caption for s in scenes], job.out / "samples.png")
     fid = (
@@ -215,7 +225,8 @@ def _evaluation_section(job: Job, evaluation: pd.DataFrame) -> list[str]:
         f"steps, guidance {c.guidance:g}, the seeds of `prune_lab.demo.quality.generation_accuracy`); `demo-clip` "
         "reads colour and shape off each image (zero-shot over the world's captions). Accuracy ± binomial "
         "standard error; the `real` row reads the real scenes (the scorer's own accuracy, the ceiling). Params and "
-        "MACs: `prune_lab.report` (U-Net per step; whole = text encoder + U-Net x 25 steps + VAE decoder).",
+        f"MACs: `prune_lab.report` ({job.model.network} per step; whole = {job.model.encoders} + {job.model.network} "
+        "x 25 steps + VAE decoder).",
         "",
         render(table[[s for s in shown if s in table]].round(3), "markdown"),
         "",
@@ -230,9 +241,9 @@ def _header(job: Job, command: str, units: pd.DataFrame) -> list[str]:
     total = math.fsum(r.seconds for r in job.records if math.isfinite(r.seconds))
     wall = time.perf_counter() - job.started
     return [
-        "# prune_lab demo: score, plan, prune, distil and evaluate the `demo` model",
+        f"# prune_lab demo: score, plan, prune, distil and evaluate the `{job.model.name}` model",
         "",
-        f"Regenerate with `{command}` (`make demo` runs it). Written {datetime.date.today().isoformat()}; run "
+        f"Regenerate with `{command}`{job.model.note}. Written {datetime.date.today().isoformat()}; run "
         f"folder `{job.work}` (settings in its `config.json`; a killed run resumes there).",
         "",
         f"Machine: {machine()}.",
@@ -247,7 +258,8 @@ def _header(job: Job, command: str, units: pd.DataFrame) -> list[str]:
         "",
         "## Units (step `units`)",
         "",
-        f"The graph walker's units of the demo U-Net ({len(units)} in all; table in the run folder's `units.csv`):",
+        f"The graph walker's units of the demo {job.model.network} ({len(units)} in all; table in the run folder's "
+        "`units.csv`):",
         "",
         _md(kinds),
     ]
@@ -255,7 +267,10 @@ def _header(job: Job, command: str, units: pd.DataFrame) -> list[str]:
 
 def write_report(job: Job, units: pd.DataFrame, scores: pd.DataFrame, plan: dict, evaluation, command: str) -> Path:
     """Write ``README.md`` and its figures into ``job.out``; records the `report` step on `job`."""
+    from .run_findings import findings, findings_record, findings_section
+
     start = time.perf_counter()
+    found = findings(units, scores, plan)
     lines = [
         *_header(job, command, units),
         "",
@@ -267,15 +282,17 @@ def write_report(job: Job, units: pd.DataFrame, scores: pd.DataFrame, plan: dict
         "",
         *_evaluation_section(job, evaluation),
         "",
+        *([*findings_section(found), ""] if found is not None else []),
     ]
     job.records.append(StepRecord("report", "ran", time.perf_counter() - start, [str(job.out / "README.md")]))
-    text = "\n".join(lines).replace("TIMINGS", _md(_timings(job.records), 1))
+    text = "\n".join(lines).replace("TIMINGS", _md(_timings(job), 1))
     path = write_text(job.out / "README.md", text)
     record = {
         "command": command,
         "config": asdict(job.config),
         "steps": [asdict(r) for r in job.records],
         "evaluation": json.loads(evaluation.to_json(orient="records")),
+        **findings_record(found),
     }
     write_text(job.out / "run.json", json.dumps(record, indent=1) + "\n")
     return path

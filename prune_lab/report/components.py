@@ -16,7 +16,8 @@ Public configs (the `config.json` files of the released pipelines):
   channels, 8x spatial factor); only scaling constants and sample sizes differ.
 
 The transformer pipelines (text length: each pipeline's default `max_sequence_length` in the installed diffusers,
-read from its `__call__` signature, :func:`sequence_length`; CLIP towers always 77):
+read from its `__call__` signature, :func:`sequence_length`; CLIP towers 77, or their
+`max_position_embeddings` when shorter, as the `demo-dit` towers of 8):
 
 * DiT-XL/2 (`DiTPipeline`): class-conditional, no text tower; SD's VAE (`sd-vae-ft-ema`).
 * PixArt-Sigma: T5-XXL encoder (`google/t5-v1_1-xxl`, 24 layers, width 4096, gated GELU) at 300 tokens; SDXL's VAE.
@@ -264,8 +265,7 @@ def _pipeline_specs(root: Path) -> tuple[ComponentSpec, ...]:
         if library is None or not config_path.exists():
             continue
         config = json.loads(config_path.read_text())
-        # a CLIP tower runs at 77 tokens, or at its position table's length when that is shorter (the demo models')
-        clip = min(TEXT_TOKENS, config.get("max_position_embeddings") or TEXT_TOKENS)
+        clip = min(TEXT_TOKENS, config.get("max_position_embeddings", TEXT_TOKENS))  # a small tower runs shorter
         tokens = clip if class_name.startswith("CLIP") else long_text
         specs.append(ComponentSpec(role, library, class_name, config, root / role, tokens))
     return tuple(specs)

@@ -125,6 +125,15 @@ def calibration_from_folder(
     _require_single_text_encoder(pipe)
     rows = (rows if rows is not None else read_image_text(folder))[:samples]
     resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    latents = encode_images(pipe, rows, resolution, seed=seed, batch_size=batch_size)
+    embeddings = encode_prompts(pipe, [r.text for r in rows], batch_size)
+    return Calibration(latents, embeddings.cpu(), source=f"images:{folder}")
+
+
+@torch.no_grad()
+def encode_images(pipe, rows: list, resolution: int, *, seed: int = 0, batch_size: int = 8) -> torch.Tensor:
+    """Clean latents (N, C, h, w) on the CPU of the images of `rows` (centre-cropped to `resolution`): a draw from
+    the pipeline VAE's posterior, shifted and scaled as its config says."""
     vae, generator = pipe.vae, torch.Generator().manual_seed(seed)
     latents = []
     for i in range(0, len(rows), batch_size):
@@ -132,8 +141,7 @@ def calibration_from_folder(
         dist = vae.encode(images.to(pipe.device, vae.dtype)).latent_dist
         noise = torch.randn(dist.mean.shape, generator=generator).to(dist.mean)
         latents.append((dist.mean + dist.std * noise - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor)
-    embeddings = encode_prompts(pipe, [r.text for r in rows], batch_size)
-    return Calibration(torch.cat(latents).cpu(), embeddings.cpu(), source=f"images:{folder}")
+    return torch.cat(latents).cpu()
 
 
 @torch.no_grad()

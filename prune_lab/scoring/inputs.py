@@ -24,6 +24,7 @@ from .calibration import (
     calibration_from_folder,
     calibration_from_prompts,
     denoising_batches,
+    encode_images,
     load_calibration,
     load_pipeline,
     save_calibration,
@@ -135,38 +136,45 @@ def calibrate(
 
 
 def check_own_source(backbone, source: CalibrationSource) -> None:
-    """Refuse the sources :func:`own_batches` does not read (image folders, caches), before anything is read."""
-    if source.kind in ("cache", "folder"):
-        flag = "--calib-cache" if source.kind == "cache" else "--calib-dir"
+    """Refuse the sources :func:`own_batches` does not read (caches), before anything is read."""
+    if source.kind == "cache":
         raise ValueError(
-            f"{flag} is not read for {backbone.name} models yet: pass --prompts FILE with a pipeline folder, or "
-            "--synthetic (or nothing) for the backbone's example inputs"
+            f"--calib-cache is not read for {backbone.name} models yet: pass --calib-dir DIR or --prompts FILE with "
+            "a pipeline folder, or --synthetic (or nothing) for the backbone's example inputs"
         )
 
 
 def own_batches(loaded, source: CalibrationSource, *, pipeline=None, rows=None, timesteps: int = 2):
     """Calibration of a backbone that draws its own (:attr:`~prune_lab.backbones.Backbone.calibration` `own`: the
-    transformers): Gaussian latents of the model's size, with the text of `--prompts` through the pipeline's own
-    `encode_prompt`, else random text states shaped as the backbone's example inputs.
+    transformers): the images of `--calib-dir` through the pipeline's VAE with their captions through its own
+    `encode_prompt`; Gaussian latents of the model's size with the text of `--prompts`; else Gaussian latents and
+    random text states shaped as the backbone's example inputs.
 
     Returns:
         `(batches, where)`: the denoising batches and what they are (recorded with the scores, shown by the CLI).
 
     Raises:
-        ValueError: an image folder or a cache (not read for these backbones yet).
+        ValueError: a cache (not read for these backbones yet).
     """
     from ..backbones import backbone_for
 
     model, backbone = loaded.unet, backbone_for(loaded.unet)
     check_own_source(backbone, source)
     rows = rows if rows is not None else read_source(source)
-    conditioning, samples = None, source.samples
+    conditioning, latents, samples = None, None, source.samples
     where = (
         f"synthetic:{samples} (random latents and text states shaped as the {backbone.name} backbone's example inputs)"
     )
     if source.kind == "prompts":
         conditioning, samples = backbone.encode_prompts(pipeline, rows, source.batch_size), len(rows)
         where = f"prompts:{samples} (text from the pipeline's encode_prompt, random latents)"
+    elif source.kind == "folder":
+        side = backbone.latent_size(model) * pipeline.vae_scale_factor
+        latents = encode_images(pipeline, rows, side, seed=source.seed, batch_size=source.batch_size)
+        conditioning = backbone.encode_prompts(pipeline, [r.text for r in rows], source.batch_size)
+        where = (
+            f"images:{source.folder} ({len(rows)} images through the pipeline's VAE, captions through encode_prompt)"
+        )
     pairs = backbone.calibration_batches(
         model,
         samples=samples,
@@ -175,6 +183,7 @@ def own_batches(loaded, source: CalibrationSource, *, pipeline=None, rows=None, 
         seed=source.seed,
         conditioning=conditioning,
         scheduler=noise_scheduler(pipeline if pipeline is not None else loaded.root),
+        latents=latents,
     )
     return [DenoisingBatch(kwargs, target) for kwargs, target in pairs], where
 

@@ -157,6 +157,12 @@ for flag, value in (("--batch-size", "0"), ("--resize", "0"), ("--resize", "-1")
 DEMO = dict(timeout=6)
 flag_cases("demo-run", C.DEMO_RUN, {"--eval-samples": ("1",), "--threads": ("0",), "--budget": ("params=2",)}, **DEMO)
 flag_cases(
+    "demo-run-dit",
+    (*C.DEMO_RUN, "--model", "demo-dit"),
+    {"--eval-samples": ("1",), "--budget": ("params=2",)},
+    **DEMO,
+)
+flag_cases(
     "demo-quality",
     C.DEMO_QUALITY,
     {"-n": ("0",), "--steps": ("0",), "--batch-size": ("0",), "--guidance": ("nan",), "--threads": ("0",)},

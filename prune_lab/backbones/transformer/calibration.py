@@ -13,11 +13,12 @@ x_t (B, C, h, w), the schedule's timestep t (B,) and conditioning under diffuser
 | Flux | T5 states, CLIP `pooled_projections` | 2x2-packed tokens and position ids, t = σ, guidance 3.5 (dev) |
 | Sana | Gemma2 `encoder_hidden_states` + mask | t = σ·1000·`timestep_scale` |
 
-Calibration batches: clean latents are Gaussian draws of the model's latent size (`latent_size`); the conditioning is
-the pipeline's own `encode_prompt` of calibration prompts (:func:`encode_prompts`), or random states shaped as the
-backbone's example call (:data:`~.spec.TEXT_TOKENS` tokens) when there is no pipeline. Noisy inputs and targets come
-from :func:`~prune_lab.runtime.schedule.noised`, the one forward process distillation trains with, under the family's
-training objective (:attr:`~.spec.Family.objective`, :func:`training_schedule`):
+Calibration batches: clean latents are Gaussian draws of the model's latent size (`latent_size`), or real images'
+latents through the pipeline's VAE (an image-text folder, :func:`prune_lab.scoring.inputs.own_batches`); the
+conditioning is the pipeline's own `encode_prompt` of calibration prompts or captions (:func:`encode_prompts`), or
+random states shaped as the backbone's example call (:data:`~.spec.TEXT_TOKENS` tokens) when there is no pipeline.
+Noisy inputs and targets come from :func:`~prune_lab.runtime.schedule.noised`, the one forward process distillation
+trains with, under the family's training objective (:attr:`~.spec.Family.objective`, :func:`training_schedule`):
 
 * `ddpm` (DiT, PixArt): x_t = add_noise(x_0, ε, t) of the model's noise scheduler (SD's without one) at integer
   t ~ U{0..T-1}, target :func:`~prune_lab.runtime.schedule.training_target` (ε); the learned-variance half of their
@@ -246,12 +247,15 @@ def calibration_batches(
     conditioning: dict[str, torch.Tensor] | None = None,
     scheduler=None,
     tokens: int | None = None,
+    latents: torch.Tensor | None = None,
 ) -> list[tuple[dict, torch.Tensor]]:
-    """`(model(**kwargs) keyword arguments, target)` per batch: `samples` Gaussian latents at `timesteps` draws each
-    (sample-major, as the U-Net's calibration), with `conditioning` (N rows, :func:`encode_prompts`) or random
-    conditioning (:func:`random_conditioning`).
+    """`(model(**kwargs) keyword arguments, target)` per batch: `samples` Gaussian latents (or the given clean
+    `latents`) at `timesteps` draws each (sample-major, as the U-Net's calibration), with `conditioning` (N rows,
+    :func:`encode_prompts`) or random conditioning (:func:`random_conditioning`).
 
     Args:
+        latents: clean latents x_0 (N, C, s, s) of real images, as the VAE lays them out (scaled and shifted as the
+            pipeline's VAE config says), one per sample; None: `samples` Gaussian draws of side `latent`.
         scheduler: the model's noise schedule (:func:`~prune_lab.runtime.schedule.noise_scheduler`); one that does
             not follow the family's objective (None, or SD's default for a model without a scheduler config) gives
             way to the objective's default (:func:`training_schedule`).
@@ -261,7 +265,8 @@ def calibration_batches(
         The batches; each target (B, C, s, s) in the layout of the model's output (Flux: (B, (s/2)^2, 4C)).
     """
     g = torch.Generator().manual_seed(seed)
-    x0 = clean_latents(model, samples, latent, g)
+    x0 = clean_latents(model, samples, latent, g) if latents is None else latents.float()
+    samples = len(x0)
     cond = conditioning if conditioning is not None else random_conditioning(model, samples, g, tokens)
     index = torch.arange(samples).repeat_interleave(timesteps)
     x0 = x0[index]
