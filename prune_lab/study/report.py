@@ -61,6 +61,7 @@ def study_report(result: dict, command: str, minutes: float) -> str:
     """The Markdown report (`command` regenerates it; this invocation took `minutes`)."""
     c, r, s = result["config"], result["config"]["recipe"], result["config"]["sampling"]
     diffs = result["differences"].copy()
+    sampler = f"sampler `{s['scheduler']}`" if s["scheduler"] else "the model family's sampler"
     diffs["difference"] = [f"{d:+.4g} ± {e:.2g}" for d, e in zip(diffs["difference"], diffs["se"])]
     lines = [
         "# Which plan makes the best student? Arms compared after equal retraining",
@@ -73,7 +74,7 @@ def study_report(result: dict, command: str, minutes: float) -> str:
         f"{r['resolution']}, feature layers {r['feature_layers']}) on `{c['data']}`; the arms differ only where "
         f"their spec says (default objective: task {r['lambda_task']:g}, out {r['lambda_out']:g}, feat "
         f"{r['lambda_feat']:g}). Every model draws the prompts of `{c['prompts']}` from the same initial noises "
-        f"(sampler `{s['scheduler']}`, {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']}). Metrics: "
+        f"({sampler}, {s['steps']} steps, guidance {s['guidance']}, seed {s['seed']}). Metrics: "
         f"{', '.join(c['metrics'])}; arms are ranked by `{result['primary']}`. ± is a standard error: over prompts "
         "for a model, of the per-prompt differences for a pair.",
         "",
