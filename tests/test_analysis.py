@@ -201,6 +201,7 @@ def test_removal_images_generate_each_row_with_its_units_taken_out(pipe):
 
 
 # -------------------------------------------------------------------------------------------------- trade-offs
+@pytest.mark.slow  # ~70 s: an exact search per target on the tiny U-Net
 def test_tradeoff_plans_are_the_presets_and_the_searched_plans(unet, graph):
     scores = pd.DataFrame(
         {"name": [u.name for u in graph.of_kind("resnet", "attention")], "criterion": "m", "importance": 1.0}
@@ -214,6 +215,7 @@ def test_tradeoff_plans_are_the_presets_and_the_searched_plans(unet, graph):
         A.tradeoff_plans(unet, targets=["params=0.7"])
 
 
+@pytest.mark.slow  # ~100 s: every trade-off student generated and timed
 def test_plan_tradeoffs_measure_each_compact_student(pipe):
     calib = synthetic_calibration(pipe.unet, samples=3, seed=0, tokens=7)
     batches = denoising_batches(calib, noise_scheduler(), timesteps=1, batch_size=2, seed=0)

@@ -264,6 +264,7 @@ add(
         "distill-diverged-then-sane-lr",
         C.override(C.override(C.DISTILL, "--lr", "1e30"), "--max-steps", "3"),
         verdict=lambda ctx, o, ch: _diverged(ctx, o, ch),
+        timeout=90,  # divergence shows only after training steps: not a refusal up front, but a guard against a hang
     ),
     Case(
         "half-written",
