@@ -34,6 +34,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from ..backbones import backbone_for
 from ..backbones.base import backbone_for_class
 from ..pipelines import check_weights, from_pretrained, offline_message
+from ..runtime.dtypes import cast_model
 from ..runtime.loading import absent_components
 
 
@@ -205,7 +206,7 @@ def _load_component(root: Path, name: str, dtype: torch.dtype, device):
     cls = getattr(importlib.import_module(library), cls_name)
     obj = from_pretrained(cls, root / name)
     if isinstance(obj, nn.Module):
-        obj = obj.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        obj = cast_model(obj.to(device), dtype).eval().requires_grad_(False)
     return obj
 
 

@@ -35,6 +35,7 @@ from ..formats import WIDTH_FORMAT, export_format
 from ..models import load_unet, resolve_model
 from ..pipelines import offline_message
 from ..runtime.atomic import OUTPUT_MARKER, write_json
+from ..runtime.dtypes import cast_model
 from ..runtime.generation import check_resolution
 from ..runtime.schedule import noise_scheduler
 from ..runtime.validate import read_json
@@ -272,7 +273,7 @@ class DistillRecipe:
         loaded = load_unet(cfg.teacher)
         self.teacher = loaded.unet.requires_grad_(False).eval()
         self.bundle = load_student(cfg.student, self.teacher)
-        self.teacher.to(device=device, dtype=self.dtype)
+        cast_model(self.teacher.to(device), self.dtype)
         student = self.bundle.unet
         if cfg.random_init:
             reinitialize(student, cfg.seed)

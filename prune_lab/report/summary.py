@@ -19,6 +19,7 @@ from ..backbones import backbone_for, build_student, create_plan, list_presets, 
 from ..models import load_unet
 from ..plan import Plan
 from ..runtime.counting import Profile, profile_call
+from ..runtime.dtypes import cast_model
 from ..runtime.loading import LoadedModel
 from .components import (
     TEXT_ROLES,
@@ -174,7 +175,7 @@ def profile_components(specs: tuple[ComponentSpec, ...], latent: int) -> dict[st
 def _real_components(specs, latent: int, settings: LatencySettings) -> list[tuple]:
     parts = []
     for spec in specs:
-        module = load_component(spec).to(settings.device, settings.torch_dtype)
+        module = cast_model(load_component(spec).to(settings.device), settings.torch_dtype)
         call, inputs = component_call(spec, module, latent, settings.device)
         inputs = tuple(t.to(settings.torch_dtype) if t.is_floating_point() else t for t in inputs)
         parts.append((spec.role, module, call, inputs))
