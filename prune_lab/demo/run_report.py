@@ -29,7 +29,7 @@ STEP_TEXT = {
     "data": "render demo-world training scenes (calibration + distillation data)",
     "units": "walk the {network} graph: the units table",
     "score": "score {scored} with every registered criterion",
-    "plot": "bar charts of the scores (units, skips)",
+    "plot": "bar charts of the scores ({scored})",
     "plan": "greedy plan search under the budget",
     "apply": "export the pruned student pipeline",
     "distill": "short feature-KD distillation of the student",
