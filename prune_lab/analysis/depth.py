@@ -17,9 +17,6 @@ criterion; higher importance = more important), from results only:
 
 from __future__ import annotations
 
-from itertools import combinations
-
-import numpy as np
 import pandas as pd
 
 THIRDS = ("first", "middle", "last")
@@ -106,28 +103,11 @@ def third_ranks(scores: pd.DataFrame, blocks: list[str]) -> pd.DataFrame:
 
 def pairwise_agreement(scores: pd.DataFrame, blocks: list[str]) -> pd.DataFrame:
     """Spearman's rho and Kendall's tau (with two-sided p-values) between every two criteria's importances of
-    `blocks`."""
-    from scipy.stats import kendalltau, spearmanr
+    `blocks` (:func:`prune_lab.scoring.rank_agreement` on the blocks' rows; pairs in criterion name order)."""
+    from ..scoring import rank_agreement
 
-    wide = _ranked(scores, blocks).pivot(index="name", columns="criterion", values="importance").loc[blocks]
-    rows = []
-    for a, b in combinations(wide.columns, 2):
-        rho, tau = spearmanr(wide[a], wide[b]), kendalltau(wide[a], wide[b])
-        rows.append(
-            {
-                "a": a,
-                "b": b,
-                "blocks": len(wide),
-                "spearman": float(rho.statistic),
-                "spearman_p": float(rho.pvalue),
-                "kendall_tau": float(tau.statistic),
-                "kendall_p": float(tau.pvalue),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def mean_offdiagonal(agreement: pd.DataFrame, column: str = "spearman") -> float:
-    """The mean of `column` over every pair of criteria (NaN when there is none)."""
-    values = agreement[column].to_numpy(dtype=float)
-    return float(np.mean(values)) if len(values) else float("nan")
+    columns = ["a", "b", "blocks", "spearman", "spearman_p", "kendall_tau", "kendall_p"]
+    part = _ranked(scores, blocks).sort_values("criterion", kind="stable")
+    if part["criterion"].nunique() < 2:
+        return pd.DataFrame(columns=columns)
+    return rank_agreement([("blocks", part)], p_values=True).rename(columns={"units": "blocks"})[columns]

@@ -99,10 +99,11 @@ def _series(tables: list[tuple[str, pd.DataFrame]]) -> dict[str, pd.Series]:
     return out
 
 
-def rank_agreement(tables: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+def rank_agreement(tables: list[tuple[str, pd.DataFrame]], *, p_values: bool = False) -> pd.DataFrame:
     """Kendall tau and Spearman rho between every two criteria across the given `(source, table)` pairs.
 
-    Units are matched by name; only units present in both are compared.
+    Units are matched by name; only units present in both are compared. With `p_values`, each statistic's two-sided
+    p-value too (`kendall_p`, `spearman_p`, scipy's).
 
     Raises:
         ValueError: fewer than two criteria, or two criteria without two common units.
@@ -117,16 +118,12 @@ def rank_agreement(tables: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
         common = sa.index.intersection(sb.index)
         if len(common) < 2:
             raise ValueError(f"{a} and {b} share {len(common)} unit(s); score them with the same --units")
-        x, y = sa[common], sb[common]
-        rows.append(
-            {
-                "a": a,
-                "b": b,
-                "units": len(common),
-                "kendall_tau": float(kendalltau(x, y).statistic),
-                "spearman": float(spearmanr(x, y).statistic),
-            }
-        )
+        tau, rho = kendalltau(sa[common], sb[common]), spearmanr(sa[common], sb[common])
+        row = {"a": a, "b": b, "units": len(common)}
+        row.update(kendall_tau=float(tau.statistic), spearman=float(rho.statistic))
+        if p_values:
+            row.update(kendall_p=float(tau.pvalue), spearman_p=float(rho.pvalue))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -304,9 +304,10 @@ class Study:
         variants = [str(f) for k, f in models.items() if k != "teacher"]
         runs = self.config.latency_runs
         latency = LatencySettings(runs=runs, warmup=1) if runs else None
-        frame = comparison_frame(compare(load_unet(self.config.model), variants, latency=latency))
+        reports = compare(load_unet(self.config.model), variants, latency=latency)
+        frame = comparison_frame(reports)
         frame.insert(0, "key", list(models))
-        backbone = next(c[: -len("_params_M")] for c in frame if c.endswith("_params_M"))  # unet / transformer
+        backbone = reports[0].backbone  # the cost columns' prefix: unet / transformer
         keep = ["key", f"{backbone}_params_M", f"{backbone}_macs_G", "whole_macs_G", "latency_median_ms"]
         return {"rows": frame[[k for k in keep if k in frame]].to_dict("records")}
 
